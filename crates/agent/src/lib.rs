@@ -1,0 +1,12 @@
+//! kraken-agent: the boot flow of one node, and the commands around it.
+//!
+//! `steps` holds the one implementation of each boot step; `run`, `render`
+//! (and later `doctor`) call those same functions.
+
+pub mod error;
+pub mod node_file;
+pub mod render_cmd;
+pub mod run;
+pub mod steps;
+
+pub use error::BootError;

@@ -1,0 +1,98 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kraken_agent::{BootError, render_cmd, run};
+use kraken_intent::{DEFAULT_SETTINGS_PATH, Settings};
+
+/// Turns a freshly booted EC2 instance into a member of a Consul + Nomad +
+/// Docker cluster.
+#[derive(Parser)]
+#[command(name = "kraken-agent", version, about)]
+struct Cli {
+    /// Site settings (paths, endpoints, timeouts, template overrides).
+    #[arg(long, global = true, env = "KRAKEN_CONFIG", default_value = DEFAULT_SETTINGS_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The boot daemon: configure and start this node's services, then watch.
+    Run,
+    /// Dry run: resolve identity, intent and peers, print the plan, write
+    /// every config into --out, start nothing.
+    Render {
+        /// Directory to write the configs into.
+        #[arg(long)]
+        out: PathBuf,
+        /// A node description (identity, tags, peers; TOML or JSON) used
+        /// instead of IMDS and EC2.
+        #[arg(long)]
+        node: Option<PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging() {
+    // Under systemd, log to the journal with structured fields; elsewhere,
+    // readable lines on stderr.
+    if systemd_journal_logger::connected_to_journal()
+        && let Ok(logger) = systemd_journal_logger::JournalLog::new()
+        && logger
+            .with_extra_fields([("KRAKEN_AGENT_VERSION", env!("CARGO_PKG_VERSION"))])
+            .install()
+            .is_ok()
+    {
+        log::set_max_level(log::LevelFilter::Info);
+        return;
+    }
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        // The AWS SDK's internals are not this program's story.
+        .filter_module("aws_smithy_runtime", log::LevelFilter::Warn)
+        .filter_module("aws_config", log::LevelFilter::Warn)
+        .parse_env("KRAKEN_LOG")
+        .format_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Version = cli.command {
+        println!("kraken-agent {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let settings = Settings::load(&cli.config).map_err(BootError::from)?;
+        match cli.command {
+            Command::Run => run::run(settings).await,
+            Command::Render { out, node, json } => {
+                render_cmd::render(&settings, node.as_deref(), &out, json).await
+            }
+            Command::Version => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            // Also on stderr when logging went to the journal, for a person
+            // running the command by hand.
+            if systemd_journal_logger::connected_to_journal() {
+                eprintln!("kraken-agent: {e}");
+            }
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `kraken-agent render`: the boot flow up to writing configs, with every
+//! config written into a directory of the caller's and nothing started.
+
+use std::path::Path;
+
+use kraken_discovery::{Ec2Peers, PeerSource, StaticPeers};
+use kraken_identity::{IdentityProvider, ImdsIdentity, StaticIdentity};
+use kraken_intent::Settings;
+use serde_json::json;
+
+use crate::node_file::NodeFile;
+use crate::{BootError, steps};
+
+/// Renders into `out`, printing the plan as text or JSON on stdout.
+pub async fn render(
+    settings: &Settings,
+    node: Option<&Path>,
+    out: &Path,
+    as_json: bool,
+) -> Result<(), BootError> {
+    match node {
+        Some(path) => {
+            let node = NodeFile::load(path)?;
+            plan(
+                settings,
+                &StaticIdentity(node.identity),
+                Source::Static(StaticPeers(node.peers)),
+                out,
+                as_json,
+            )
+            .await
+        }
+        None => {
+            let provider = ImdsIdentity::new(
+                steps::imds_settings(settings),
+                steps::aws_settings(settings),
+            );
+            plan(settings, &provider, Source::Ec2, out, as_json).await
+        }
+    }
+}
+
+enum Source {
+    Static(StaticPeers),
+    Ec2,
+}
+
+async fn plan<P: IdentityProvider>(
+    settings: &Settings,
+    provider: &P,
+    source: Source,
+    out: &Path,
+    as_json: bool,
+) -> Result<(), BootError> {
+    let identity = steps::identity(provider).await?;
+    let spec = steps::intent(&identity, settings)?;
+    let (peers, ec2_calls) = match source {
+        Source::Static(s) => (s.discover(&spec.cluster).await?, 0),
+        Source::Ec2 => {
+            let sdk =
+                kraken_aws::sdk_config(&identity.region, &steps::aws_settings(settings)).await;
+            let calls = kraken_aws::ApiCalls::default();
+            let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+            // A dry run reports what it finds now; it does not wait.
+            (steps::discover(&ec2, &spec).await?, ec2.api_calls())
+        }
+    };
+    let files = steps::render(&identity, &spec, &peers, settings)?;
+    let changes = steps::install(&files, Some(out))?;
+    let shortfall = peers.shortfall(steps::needed(&spec));
+
+    if as_json {
+        let doc = json!({
+            "identity": identity,
+            "spec": spec,
+            "peers": peers,
+            "shortfall": shortfall,
+            "ec2_api_calls": ec2_calls,
+            "files": files.iter().zip(&changes).map(|(f, (_, change))| json!({
+                "template": f.template,
+                "source": f.source,
+                "service": f.service,
+                "installs_to": f.path,
+                "written_to": out.join(f.file_name()),
+                "mode": format!("{:04o}", f.mode),
+                "owner": format!("{}:{}", f.owner, f.group),
+                "change": change,
+            })).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("plan serialises")
+        );
+        return Ok(());
+    }
+    let roles: Vec<&str> = spec.roles.iter().map(|r| r.as_str()).collect();
+    println!(
+        "node      {} ({}) in {} / {}",
+        identity.instance_id, identity.private_ipv4, identity.region, identity.availability_zone
+    );
+    println!("cluster   {}  roles {}", spec.cluster, roles.join(","));
+    println!(
+        "expects   {} Consul servers, {} Nomad servers",
+        spec.consul_servers, spec.nomad_servers
+    );
+    let list = |s: &std::collections::BTreeSet<std::net::Ipv4Addr>| {
+        s.iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("consul    servers [{}]", list(&peers.consul_servers));
+    println!("nomad     servers [{}]", list(&peers.nomad_servers));
+    if let Some(short) = shortfall {
+        println!("warning   {short}: `run` would keep looking before writing these");
+    }
+    for (f, (_, change)) in files.iter().zip(&changes) {
+        println!(
+            "file      {} -> {} ({:04o} {}:{}, {}, {:?})",
+            out.join(f.file_name()).display(),
+            f.path.display(),
+            f.mode,
+            f.owner,
+            f.group,
+            f.source,
+            change
+        );
+    }
+    println!("start     nothing (dry run)");
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `kraken-agent run`: the boot daemon.
+//!
+//! Converge once (identity → intent → discovery → render → start), report
+//! `READY=1`, then keep watching: re-discover on a timer, rewrite configs
+//! whose peers changed, and when a service has no leader, join the servers
+//! EC2 knows about now through the agent API, so replaced servers (new
+//! addresses) never strand a node.
+//!
+//! Transient failures (IMDS down, throttling, no leader yet) are retried
+//! with backoff; failures only a person can fix end the process with a
+//! sysexits code after saying exactly what to fix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kraken_discovery::{Ec2Peers, Peers};
+use kraken_hashi::{Consul, Nomad};
+use kraken_identity::{Identity, ImdsIdentity};
+use kraken_intent::{NodeSpec, Settings};
+use kraken_ready::{Notifier, Status, StatusFile};
+use kraken_start::{Systemctl, start_services};
+use serde_json::json;
+
+use crate::{BootError, steps};
+
+/// Runs until SIGTERM (exit 0) or a failure retrying cannot fix.
+pub async fn run(settings: Settings) -> Result<(), BootError> {
+    let notifier = Notifier::new();
+    let _watchdog = notifier.spawn_watchdog();
+    let status_file = StatusFile::new(&settings.paths.status_dir);
+    let mut status = Status {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        phase: "starting".into(),
+        ..Status::default()
+    };
+    status_file.write(&mut status);
+
+    let mut agent = Agent {
+        settings,
+        notifier,
+        status_file,
+        status,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let result = tokio::select! {
+        r = agent.converge_and_watch() => r,
+        _ = term.recv() => {
+            agent.notifier.stopping();
+            log::info!("SIGTERM: stopping; the services keep running");
+            Ok(())
+        }
+    };
+    if let Err(e) = &result {
+        agent.status.phase = "failed".into();
+        agent.status.last_error = Some(e.to_string());
+        agent.status_file.write(&mut agent.status);
+        agent.notifier.status(&format!("failed: {e}"));
+    }
+    result
+}
+
+struct Agent {
+    settings: Settings,
+    notifier: Notifier,
+    status_file: StatusFile,
+    status: Status,
+}
+
+/// What one convergence produced, for the watch loop.
+struct Converged {
+    identity: Identity,
+    spec: NodeSpec,
+    peers: Peers,
+    ec2: Ec2Peers,
+}
+
+impl Agent {
+    fn say(&mut self, phase: &str, text: &str) {
+        self.notifier.status(text);
+        self.status.phase = phase.into();
+        self.status.message = text.into();
+        self.status_file.write(&mut self.status);
+    }
+
+    fn step(&mut self, name: &str, detail: serde_json::Value) {
+        self.status.steps.insert(name.into(), detail);
+        self.status_file.write(&mut self.status);
+    }
+
+    async fn converge_and_watch(&mut self) -> Result<(), BootError> {
+        let mut backoff = steps::discovery_backoff(&self.settings);
+        let converged = loop {
+            match self.converge().await {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    self.status.last_error = Some(e.to_string());
+                    self.say("waiting", &format!("{e}; retrying in {}s", delay.as_secs()));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.status.converged_unix = Some(kraken_ready::now_unix());
+        self.status.last_error = None;
+        let summary = format!(
+            "converged: {} is a {} node of cluster {}",
+            converged.identity.instance_id,
+            converged
+                .spec
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            converged.spec.cluster
+        );
+        self.status.phase = "converged".into();
+        self.status.message = summary.clone();
+        self.status_file.write(&mut self.status);
+        self.notifier.ready(&summary);
+        self.watch(converged).await
+    }
+
+    async fn converge(&mut self) -> Result<Converged, BootError> {
+        let settings = self.settings.clone();
+        self.say("starting", "reading instance identity from IMDS");
+        let provider = ImdsIdentity::new(
+            steps::imds_settings(&settings),
+            steps::aws_settings(&settings),
+        );
+        let identity = steps::identity(&provider).await?;
+        self.step(
+            "identity",
+            json!({
+                "instance_id": identity.instance_id,
+                "region": identity.region,
+                "availability_zone": identity.availability_zone,
+                "private_ipv4": identity.private_ipv4,
+                "tags_source": identity.tags_source,
+            }),
+        );
+        let spec = steps::intent(&identity, &settings)?;
+        self.step("intent", serde_json::to_value(&spec).unwrap_or_default());
+
+        let sdk = kraken_aws::sdk_config(&identity.region, &steps::aws_settings(&settings)).await;
+        let calls = kraken_aws::ApiCalls::default();
+        let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+        self.say(
+            "waiting",
+            &format!("discovering the servers of cluster {}", spec.cluster),
+        );
+        let mut backoff = steps::discovery_backoff(&settings);
+        let notifier = self.notifier.clone();
+        let peers =
+            steps::discover_until_enough(&ec2, &spec, &mut backoff, &|s| notifier.status(s)).await;
+        self.status.ec2_api_calls = ec2.api_calls() + provider.ec2_calls();
+        let peers = peers?;
+        log::info!(
+            "discovery: {} EC2 API calls so far",
+            self.status.ec2_api_calls
+        );
+        self.step(
+            "discovery",
+            serde_json::to_value(&peers).unwrap_or_default(),
+        );
+
+        self.say("starting", "rendering configs");
+        let files = steps::render(&identity, &spec, &peers, &settings)?;
+        let changes = steps::install(&files, None)?;
+        self.step(
+            "render",
+            json!(
+                files
+                    .iter()
+                    .zip(&changes)
+                    .map(|(f, (_, c))| (f.path.display().to_string(), json!(c)))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+
+        let plan = steps::start_plan(&spec, &changes, &settings);
+        let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
+        let nomad = Nomad::new(&settings.nomad.http_addr, None).map_err(start_err)?;
+        let manager = Systemctl::new(&settings.start.systemctl);
+        let notifier = self.notifier.clone();
+        let report = start_services(
+            &manager,
+            &plan,
+            &consul,
+            &nomad,
+            &steps::deadlines(&settings),
+            &|s| notifier.status(s),
+        )
+        .await?;
+        self.step("start", serde_json::to_value(&report).unwrap_or_default());
+        Ok(Converged {
+            identity,
+            spec,
+            peers,
+            ec2,
+        })
+    }
+
+    /// After convergence: keep the configs' peer lists current and rejoin
+    /// live servers when a service has lost its leader. Never restarts a
+    /// healthy service for a peer-list change: the running agents learn
+    /// membership by gossip, the file only matters at their next start.
+    async fn watch(&mut self, mut node: Converged) -> Result<(), BootError> {
+        let settings = self.settings.clone();
+        let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
+        let nomad = Nomad::new(&settings.nomad.http_addr, None).map_err(start_err)?;
+        let period = Duration::from_secs(settings.discovery.refresh_secs.max(5));
+        loop {
+            tokio::time::sleep(period).await;
+            let peers = match steps::discover(&node.ec2, &node.spec).await {
+                Ok(p) => p,
+                Err(e) if e.is_transient() => {
+                    log::warn!("{e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.status.ec2_api_calls = node.ec2.api_calls();
+            if peers != node.peers {
+                log::info!("servers changed: {:?} -> {:?}", node.peers, peers);
+                let files = steps::render(&node.identity, &node.spec, &peers, &settings)?;
+                steps::install(&files, None)?;
+                self.step(
+                    "discovery",
+                    serde_json::to_value(&peers).unwrap_or_default(),
+                );
+                node.peers = peers;
+            }
+            self.rejoin(&consul, &nomad, &node).await;
+        }
+    }
+
+    async fn rejoin(&mut self, consul: &Consul, nomad: &Nomad, node: &Converged) {
+        if let Ok(None) = consul.leader().await {
+            for ip in &node.peers.consul_servers {
+                match consul.join(&ip.to_string()).await {
+                    Ok(()) => log::info!("Consul had no leader; joined {ip}"),
+                    Err(e) => log::warn!("Consul had no leader; joining {ip} failed: {e}"),
+                }
+            }
+        }
+        if node.spec.has(kraken_intent::Role::NomadServer)
+            && let Ok(None) = nomad.leader().await
+        {
+            for ip in &node.peers.nomad_servers {
+                match nomad.join(&ip.to_string()).await {
+                    Ok(()) => log::info!("Nomad had no leader; joined {ip}"),
+                    Err(e) => log::warn!("Nomad had no leader; joining {ip} failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn start_err(e: kraken_hashi::HashiError) -> BootError {
+    BootError::Start(kraken_start::StartError::Command {
+        command: "connect".into(),
+        status: "bad address".into(),
+        stderr: e.to_string(),
+    })
+}

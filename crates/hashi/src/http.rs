@@ -1,0 +1,198 @@
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// A Consul or Nomad ACL token. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Token {
+        Token(secret.into())
+    }
+
+    /// The secret itself, for the one place that must send or store it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashiError {
+    #[error("{service} is not answering at {url}: {detail}")]
+    Unreachable {
+        service: &'static str,
+        url: String,
+        detail: String,
+    },
+    #[error("{service} answered {method} {url} with HTTP {status}: {body}")]
+    Status {
+        service: &'static str,
+        method: Method,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{service} answered {url} with a body that is not the expected JSON: {detail}")]
+    Decode {
+        service: &'static str,
+        url: String,
+        detail: String,
+    },
+    #[error("{service} address {url:?} is not a valid http(s) URL")]
+    BadUrl { service: &'static str, url: String },
+}
+
+impl HashiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HashiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, HashiError::Unreachable { .. })
+    }
+}
+
+/// The shared transport: base URL, token header, timeouts.
+#[derive(Clone)]
+pub(crate) struct Http {
+    service: &'static str,
+    client: reqwest::Client,
+    base: String,
+    token_header: &'static str,
+    token: Option<Token>,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(self.service)
+            .field("base", &self.base)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Http {
+    pub(crate) fn new(
+        service: &'static str,
+        base: &str,
+        token_header: &'static str,
+    ) -> Result<Http, HashiError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if reqwest::Url::parse(&base).is_err()
+            || !(base.starts_with("http://") || base.starts_with("https://"))
+        {
+            return Err(HashiError::BadUrl { service, url: base });
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            // Loopback agents must not be sent through a proxy from the
+            // environment.
+            .no_proxy()
+            .build()
+            .map_err(|e| HashiError::Unreachable {
+                service,
+                url: base.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(Http {
+            service,
+            client,
+            base,
+            token_header,
+            token: None,
+        })
+    }
+
+    pub(crate) fn with_token(mut self, token: Option<Token>) -> Http {
+        self.token = token;
+        self
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the body of a 2xx answer.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), HashiError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let mut req = self.client.request(method.clone(), &url).timeout(timeout);
+        if let Some(token) = &self.token {
+            req = req.header(self.token_header, token.expose());
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req.send().await.map_err(|e| HashiError::Unreachable {
+            service: self.service,
+            url: url.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| HashiError::Unreachable {
+            service: self.service,
+            url: url.clone(),
+            detail: error_chain(&e),
+        })?;
+        if !status.is_success() {
+            let mut body = String::from_utf8_lossy(&bytes).trim().to_owned();
+            body.truncate(300);
+            return Err(HashiError::Status {
+                service: self.service,
+                method,
+                url,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok((status, headers, bytes.to_vec()))
+    }
+
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, HashiError> {
+        let (_, _, body) = self.send(Method::GET, path, None, DEFAULT_TIMEOUT).await?;
+        self.decode(path, &body)
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T, HashiError> {
+        serde_json::from_slice(body).map_err(|e| HashiError::Decode {
+            service: self.service,
+            url: format!("{}{}", self.base, path),
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

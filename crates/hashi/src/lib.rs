@@ -1,0 +1,11 @@
+//! HTTP clients for the Consul and Nomad agent APIs: the calls the agent
+//! makes, typed, with errors that name the endpoint. Tokens are sent in the
+//! documented headers and never appear in `Debug` output or errors.
+
+mod consul;
+mod http;
+mod nomad;
+
+pub use consul::{Consul, ConsulMember, KvPair, SessionBehavior};
+pub use http::{HashiError, Token};
+pub use nomad::{Nomad, NomadMember, NomadNode};

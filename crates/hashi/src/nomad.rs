@@ -1,0 +1,100 @@
+use reqwest::Method;
+use serde::Deserialize;
+
+use crate::http::{DEFAULT_TIMEOUT, HashiError, Http, Token};
+
+/// A Nomad agent's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Nomad {
+    http: Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NomadMember {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Addr")]
+    pub addr: String,
+    /// "alive", "left", "failed".
+    #[serde(rename = "Status")]
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Members {
+    #[serde(rename = "Members")]
+    members: Vec<NomadMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NomadNode {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// "initializing", "ready", "down", "disconnected".
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "NodeClass", default)]
+    pub node_class: String,
+    #[serde(rename = "Datacenter", default)]
+    pub datacenter: String,
+}
+
+impl Nomad {
+    pub fn new(base: &str, token: Option<Token>) -> Result<Nomad, HashiError> {
+        Ok(Nomad {
+            http: Http::new("Nomad", base, "X-Nomad-Token")?.with_token(token),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        self.http.base()
+    }
+
+    /// The Raft leader's address, `None` while there is none. On a client
+    /// it is forwarded to the servers. Needs no token.
+    pub async fn leader(&self) -> Result<Option<String>, HashiError> {
+        match self.http.get_json::<String>("/v1/status/leader").await {
+            Ok(leader) => Ok((!leader.is_empty()).then_some(leader)),
+            // A client with no server to forward to answers 500 "No
+            // cluster leader" / "no servers".
+            Err(HashiError::Status {
+                status: 500, body, ..
+            }) if body.contains("leader") || body.contains("no servers") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn raft_peers(&self) -> Result<Vec<String>, HashiError> {
+        self.http.get_json("/v1/status/peers").await
+    }
+
+    /// Server gossip members (`agent:read`).
+    pub async fn members(&self) -> Result<Vec<NomadMember>, HashiError> {
+        let m: Members = self.http.get_json("/v1/agent/members").await?;
+        Ok(m.members)
+    }
+
+    pub async fn agent_self(&self) -> Result<serde_json::Value, HashiError> {
+        self.http.get_json("/v1/agent/self").await
+    }
+
+    /// Asks a server to join the gossip pool through `address` (`agent:write`).
+    pub async fn join(&self, address: &str) -> Result<(), HashiError> {
+        self.http
+            .send(
+                Method::PUT,
+                &format!("/v1/agent/join?address={address}"),
+                None,
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Client nodes (`node:read`).
+    pub async fn nodes(&self) -> Result<Vec<NomadNode>, HashiError> {
+        self.http.get_json("/v1/nodes").await
+    }
+}

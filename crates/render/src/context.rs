@@ -1,0 +1,71 @@
+use kraken_discovery::Peers;
+use kraken_identity::Identity;
+use kraken_intent::{DockerLogDriver, NodeSpec, Role, Settings};
+use serde_json::{Value, json};
+
+/// The variables every template sees. `docs/templates.md` documents them;
+/// a template that names anything else fails to render (strict mode).
+pub fn context(identity: &Identity, spec: &NodeSpec, peers: &Peers, settings: &Settings) -> Value {
+    let roles: Vec<&str> = spec.roles.iter().map(|r| r.as_str()).collect();
+    let ips = |set: &std::collections::BTreeSet<std::net::Ipv4Addr>| -> Vec<String> {
+        set.iter().map(|ip| ip.to_string()).collect()
+    };
+    let consul_host = settings
+        .consul
+        .http_addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    json!({
+        "agent": { "version": env!("CARGO_PKG_VERSION") },
+        "node": {
+            "name": identity.instance_id,
+            "instance_id": identity.instance_id,
+            "address": identity.private_ipv4.to_string(),
+            "region": identity.region,
+            "availability_zone": identity.availability_zone,
+            "cluster": spec.cluster,
+        },
+        "roles": {
+            "list": roles.join(","),
+            "consul_server": spec.has(Role::ConsulServer),
+            "nomad_server": spec.has(Role::NomadServer),
+            "nomad_client": spec.has(Role::NomadClient),
+        },
+        "consul": {
+            "datacenter": spec.datacenter,
+            "server": spec.has(Role::ConsulServer),
+            "bootstrap_expect": spec.consul_servers,
+            "retry_join": ips(&peers.consul_servers),
+            "data_dir": settings.paths.consul_data_dir.display().to_string(),
+            "client_addr": settings.consul.client_addr,
+        },
+        "nomad": {
+            "region": spec.nomad_region,
+            "datacenter": spec.nomad_datacenter,
+            "data_dir": settings.paths.nomad_data_dir.display().to_string(),
+            "bind_addr": settings.nomad.bind_addr,
+            "server": spec.has(Role::NomadServer),
+            "client": spec.has(Role::NomadClient),
+            "bootstrap_expect": spec.nomad_servers,
+            "servers": ips(&peers.nomad_servers),
+            "node_class": spec.node_class,
+            "meta": spec.meta,
+            "raw_exec": settings.nomad.raw_exec,
+            "network_interface": settings.nomad.network_interface,
+            "consul_address": consul_host,
+        },
+        "docker": {
+            "log_driver": match settings.docker.log_driver {
+                DockerLogDriver::JsonFile => "json-file",
+                DockerLogDriver::Journald => "journald",
+            },
+            "json_file": settings.docker.log_driver == DockerLogDriver::JsonFile,
+            "log_max_size": settings.docker.log_max_size,
+            "log_max_files": settings.docker.log_max_files.to_string(),
+            // Docker's own Go template, passed through as a value.
+            "log_tag": "{{.Name}}/{{.ID}}",
+            "data_root": settings.docker.data_root.as_ref().map(|p| p.display().to_string()),
+        },
+    })
+}

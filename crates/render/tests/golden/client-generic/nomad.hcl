@@ -1,0 +1,52 @@
+# Rendered by kraken-agent 0.1.0 for i-0c11e47000000055 (nomad-client) of cluster kraken.
+# It is rewritten at every boot: change the instance tags, /etc/kraken/agent.toml
+# or a template override instead of this file.
+
+name       = "i-0c11e47000000055"
+region     = "global"
+datacenter = "us-west-2a"
+data_dir   = "/opt/nomad"
+bind_addr  = "0.0.0.0"
+log_level  = "INFO"
+
+disable_update_check = true
+
+advertise {
+  http = "172.16.0.55"
+  rpc  = "172.16.0.55"
+  serf = "172.16.0.55"
+}
+
+client {
+  enabled = true
+  node_class = "generic"
+
+  server_join {
+    retry_join     = ["172.16.0.10", "172.16.0.11", "172.16.0.42"]
+    retry_interval = "15s"
+  }
+
+  meta {
+    "kraken.cluster" = "kraken"
+    "kraken.instance_id" = "i-0c11e47000000055"
+    "team" = "web"
+  }
+}
+
+plugin "docker" {
+  config {
+    allow_privileged = false
+
+    volumes {
+      enabled = false
+    }
+  }
+}
+
+consul {
+  address = "127.0.0.1:8500"
+}
+
+acl {
+  enabled = true
+}

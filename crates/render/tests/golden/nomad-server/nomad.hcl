@@ -1,0 +1,36 @@
+# Rendered by kraken-agent 0.1.0 for i-0a0ad5e7e0000000a (nomad-server) of cluster kraken.
+# It is rewritten at every boot: change the instance tags, /etc/kraken/agent.toml
+# or a template override instead of this file.
+
+name       = "i-0a0ad5e7e0000000a"
+region     = "global"
+datacenter = "us-west-2a"
+data_dir   = "/opt/nomad"
+bind_addr  = "0.0.0.0"
+log_level  = "INFO"
+
+disable_update_check = true
+
+advertise {
+  http = "172.16.0.10"
+  rpc  = "172.16.0.10"
+  serf = "172.16.0.10"
+}
+
+server {
+  enabled          = true
+  bootstrap_expect = 3
+
+  server_join {
+    retry_join     = ["172.16.0.10", "172.16.0.11", "172.16.0.42"]
+    retry_interval = "15s"
+  }
+}
+
+consul {
+  address = "127.0.0.1:8500"
+}
+
+acl {
+  enabled = true
+}

@@ -1,0 +1,85 @@
+use tokio::process::Command;
+
+use crate::{ServiceManager, StartError};
+
+/// systemd through `systemctl`: no D-Bus client to carry, and the exact
+/// commands a person would run, which is what the errors show.
+#[derive(Debug, Clone)]
+pub struct Systemctl {
+    program: String,
+}
+
+impl Default for Systemctl {
+    fn default() -> Self {
+        Systemctl {
+            program: "systemctl".into(),
+        }
+    }
+}
+
+impl Systemctl {
+    pub fn new(program: impl Into<String>) -> Systemctl {
+        Systemctl {
+            program: program.into(),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output, StartError> {
+        let command = format!("{} {}", self.program, args.join(" "));
+        let out = Command::new(&self.program)
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| StartError::Command {
+                command: command.clone(),
+                status: "not run".into(),
+                stderr: e.to_string(),
+            })?;
+        Ok(out)
+    }
+
+    async fn run_ok(&self, args: &[&str]) -> Result<(), StartError> {
+        let out = self.run(args).await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(StartError::Command {
+                command: format!("{} {}", self.program, args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl ServiceManager for Systemctl {
+    async fn needs_daemon_reload(&self, unit: &str) -> Result<bool, StartError> {
+        let out = self
+            .run(&["show", "--property=NeedDaemonReload", "--value", unit])
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    }
+
+    async fn daemon_reload(&self) -> Result<(), StartError> {
+        self.run_ok(&["daemon-reload"]).await
+    }
+
+    async fn enable(&self, unit: &str) -> Result<(), StartError> {
+        self.run_ok(&["enable", "--quiet", unit]).await
+    }
+
+    async fn start(&self, unit: &str) -> Result<(), StartError> {
+        // --no-block: a Type=notify unit's start job waits for READY=1,
+        // and the agent's own waits report progress and deadlines better.
+        self.run_ok(&["start", "--no-block", unit]).await
+    }
+
+    async fn restart(&self, unit: &str) -> Result<(), StartError> {
+        self.run_ok(&["restart", "--no-block", unit]).await
+    }
+
+    async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
+        let out = self.run(&["is-active", "--quiet", unit]).await?;
+        Ok(out.status.success())
+    }
+}
