@@ -224,6 +224,7 @@ impl Agent {
                 Err(e) => return Err(e),
             };
             self.status.ec2_api_calls = node.ec2.api_calls();
+            self.status_file.write(&mut self.status);
             if peers != node.peers {
                 log::info!("servers changed: {:?} -> {:?}", node.peers, peers);
                 let files = steps::render(&node.identity, &node.spec, &peers, &settings)?;
