@@ -458,3 +458,51 @@ async fn a_bad_settings_file_names_the_key() {
     assert!(t.contains("agent.toml is not valid"), "{t}");
     assert!(t.contains("refresh"), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_servers_means_looking_again_not_failing() {
+    let moto = Moto::start().await;
+    let ec2c = ec2(&moto.endpoint()).await;
+    let server = tags(&[
+        ("kraken:cluster", "slow"),
+        ("kraken:roles", "consul-server"),
+    ]);
+    launch(&ec2c, &server, None).await;
+    let spec = kraken_intent::NodeSpec::from_tags(
+        &tags(&[
+            ("kraken:cluster", "slow"),
+            ("kraken:roles", "consul-server"),
+        ]),
+        &Default::default(),
+    )
+    .unwrap();
+    let calls = kraken_aws::ApiCalls::default();
+    let sdk = aws_config_for(&moto.endpoint()).await;
+    let source = kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+    let statuses = std::sync::Mutex::new(Vec::new());
+    let mut backoff = kraken_discovery::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_millis(400),
+    );
+    let late = async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        launch(&ec2c, &server, None).await;
+        launch(&ec2c, &server, None).await;
+    };
+    let record = |s: &str| statuses.lock().unwrap().push(s.to_owned());
+    let (peers, ()) = tokio::join!(
+        kraken_agent::steps::discover_until_enough(&source, &spec, &mut backoff, &record),
+        late
+    );
+    assert_eq!(peers.unwrap().consul_servers.len(), 3);
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        statuses[0].contains("found 1 of 3 Consul servers"),
+        "{statuses:?}"
+    );
+    assert!(
+        source.api_calls() >= 3,
+        "kept looking: {}",
+        source.api_calls()
+    );
+}

@@ -51,6 +51,8 @@ bind_addr = "{ip}"
 
 [discovery]
 refresh_secs = 2
+retry_min_secs = 1
+retry_max_secs = 2
 
 [start]
 systemctl = "{shim}"
@@ -93,6 +95,15 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
     let notify_path = dir.path().join("notify.sock");
     let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
 
+    // Short IMDS timeouts so the outage below costs seconds, not minutes.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
     let mut cmd = std::process::Command::new(agent_bin());
     AwsEnv::new(&moto.endpoint(), &imds.endpoint()).apply(&mut cmd);
     cmd.env("KRAKEN_CONFIG", &config)
@@ -118,7 +129,12 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
         .stdout(std::fs::File::create(dir.path().join("agent.log")).unwrap())
         .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap());
     let started = Instant::now();
+    // IMDS answers nothing for the first seconds of boot: run must wait
+    // it out and converge, not exit.
+    imds.set_hang(true);
     let mut child = tokio::process::Command::from(cmd).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    imds.set_hang(false);
     let pid = child.id().unwrap();
 
     let mut messages = Vec::new();
@@ -147,6 +163,12 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
             .iter()
             .any(|m| m.contains("STATUS=discovering the servers")),
         "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("instance metadata service unreachable") && m.contains("retrying")),
+        "the IMDS outage was reported and retried: {messages:?}"
     );
 
     // What READY=1 promises: both services have a leader.

@@ -212,7 +212,7 @@ impl Agent {
         let settings = self.settings.clone();
         let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
         let nomad = Nomad::new(&settings.nomad.http_addr, None).map_err(start_err)?;
-        let period = Duration::from_secs(settings.discovery.refresh_secs.max(5));
+        let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
         loop {
             tokio::time::sleep(period).await;
             let peers = match steps::discover(&node.ec2, &node.spec).await {

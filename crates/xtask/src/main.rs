@@ -232,7 +232,7 @@ fn build_go_peer(cache: &Path, go_version: &str, peer: &GoPeer) -> Result<PathBu
     let build_log = logs.join(format!("{}-build.log", peer.name));
     let build = |dir: &Path| -> Result<()> {
         eprintln!(
-            "xtask: {}: go build (a cold build takes about 5 minutes on 2 cores)",
+            "xtask: {}: go build (cold: 5 to 8 minutes on 2 cores)",
             peer.name
         );
         run_logged(

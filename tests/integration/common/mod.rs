@@ -11,8 +11,12 @@ use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
 pub const REGION: &str = "us-east-1";
 
+/// The binary cargo built for these tests, or `KRAKEN_AGENT_BIN` (a release
+/// build, for the benchmark figures).
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kraken-agent"))
+    std::env::var_os("KRAKEN_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kraken-agent")))
 }
 
 /// Environment for the agent: the SDK's standard variables, pointed at
