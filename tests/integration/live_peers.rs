@@ -57,6 +57,15 @@ impl ServiceManager for Processes {
         }
         self.start(unit).await
     }
+    async fn reload(&self, unit: &str) -> Result<(), StartError> {
+        if let Some(pid) = self.running.lock().unwrap().get(unit).and_then(|p| p.pid()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+        Ok(())
+    }
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
         Ok(self
             .running

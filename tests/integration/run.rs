@@ -216,7 +216,48 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
         .expect("exits on SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}\n{}", log());
-    assert!(messages.iter().all(|m| !m.contains("secret")));
+    // Every secret the cluster has, straight from the store, appears in
+    // no log line and no status message.
+    let secrets = all_secrets(&moto.endpoint()).await;
+    assert!(
+        secrets.len() >= 6,
+        "gossip key, 4 Consul tokens, Nomad's: {}",
+        secrets.len()
+    );
+    let everything = format!(
+        "{}{}{messages:?}",
+        log(),
+        std::fs::read_to_string(dir.path().join("run/status.json")).unwrap()
+    );
+    for secret in &secrets {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a secret reached the logs"
+        );
+    }
+
+    // ACLs are enforced, and the bootstrap tokens work.
+    let http = kraken_testkit::http_client();
+    let anonymous = http
+        .get(format!(
+            "http://{ip}:8500/v1/kv/kraken/solo/bootstrap/state"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 403, "anonymous KV read must be denied");
+    let consul_hcl = std::fs::read_to_string(dir.path().join("consul.d/consul.hcl")).unwrap();
+    assert!(
+        consul_hcl.contains("    agent = \""),
+        "agent token installed"
+    );
+    assert!(consul_hcl.contains("encrypt = \""), "gossip encryption on");
+    let nomad_hcl = std::fs::read_to_string(dir.path().join("nomad.d/nomad.hcl")).unwrap();
+    assert!(
+        nomad_hcl.contains("  token   = \""),
+        "Nomad's Consul token installed"
+    );
+    assert_eq!(nomad.nodes().await.unwrap_err().status(), Some(403));
     let calls = std::fs::read_to_string(dir.path().join("calls.log")).unwrap();
     assert!(
         calls.contains("restart --no-block consul.service"),
@@ -226,4 +267,29 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
         calls.contains("restart --no-block nomad.service"),
         "{calls}"
     );
+}
+
+/// Every parameter value moto's SSM holds, decrypted.
+async fn all_secrets(endpoint: &str) -> Vec<String> {
+    let conf = aws_sdk_ssm::config::Builder::new()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .build();
+    let ssm = aws_sdk_ssm::Client::from_conf(conf);
+    let out = ssm
+        .get_parameters_by_path()
+        .path("/kraken")
+        .recursive(true)
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    out.parameters()
+        .iter()
+        .filter_map(|p| p.value().map(str::to_owned))
+        .collect()
 }

@@ -40,6 +40,7 @@ case $cmd in
     start) start ;;
     restart) stop; start ;;
     stop) stop ;;
+    reload) alive && kill -HUP "$(cat "$pidfile")" ;;
     is-active) alive ;;
     *) echo "systemctl-shim: unsupported: $*" >&2; exit 1 ;;
 esac

@@ -21,6 +21,10 @@ pub enum BootError {
     Write(#[from] WriteError),
     #[error("start: {0}")]
     Start(#[from] StartError),
+    #[error("secrets: {0}")]
+    Secret(#[from] kraken_secrets::SecretError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] kraken_bootstrap::BootstrapError),
     #[error("node file {path}: {message}")]
     NodeFile { path: String, message: String },
 }
@@ -34,6 +38,8 @@ impl BootError {
             BootError::Identity(e) => e.is_transient(),
             BootError::Discovery(e) => e.is_transient(),
             BootError::Start(_) => true,
+            BootError::Secret(e) => e.is_transient(),
+            BootError::Bootstrap(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -56,6 +62,7 @@ impl BootError {
                 77 // EX_NOPERM
             }
             BootError::Identity(IdentityError::TagsAccessDenied { .. }) => 77,
+            BootError::Secret(e) if e.is_access_denied() => 77,
             BootError::Write(_) => 73, // EX_CANTCREAT
             _ => 69,                   // EX_UNAVAILABLE
         }

@@ -6,6 +6,8 @@ use std::path::Path;
 use kraken_discovery::{Ec2Peers, PeerSource, StaticPeers};
 use kraken_identity::{IdentityProvider, ImdsIdentity, StaticIdentity};
 use kraken_intent::Settings;
+use kraken_render::RenderSecrets;
+use kraken_secrets::Store;
 use serde_json::json;
 
 use crate::node_file::NodeFile;
@@ -54,18 +56,30 @@ async fn plan<P: IdentityProvider>(
 ) -> Result<(), BootError> {
     let identity = steps::identity(provider).await?;
     let spec = steps::intent(&identity, settings)?;
-    let (peers, ec2_calls) = match source {
-        Source::Static(s) => (s.discover(&spec.cluster).await?, 0),
+    let (peers, ec2_calls, secrets) = match source {
+        // A node file describes a node without a cluster behind it: no
+        // secrets, and the configs show where they would go.
+        Source::Static(s) => (
+            s.discover(&spec.cluster).await?,
+            0,
+            RenderSecrets::default(),
+        ),
         Source::Ec2 => {
             let sdk =
                 kraken_aws::sdk_config(&identity.region, &steps::aws_settings(settings)).await;
             let calls = kraken_aws::ApiCalls::default();
             let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
-            // A dry run reports what it finds now; it does not wait.
-            (steps::discover(&ec2, &spec).await?, ec2.api_calls())
+            // A dry run reports what it finds now; it does not wait, and it
+            // reads secrets without creating any.
+            let peers = steps::discover(&ec2, &spec).await?;
+            let ssm_calls = kraken_aws::ApiCalls::default();
+            let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?;
+            let secrets =
+                steps::secrets(&store, &spec, settings, steps::SecretsMode::ReadOnly).await?;
+            (peers, ec2.api_calls(), secrets)
         }
     };
-    let files = steps::render(&identity, &spec, &peers, settings)?;
+    let files = steps::render(&identity, &spec, &peers, settings, &secrets)?;
     let changes = steps::install(&files, Some(out))?;
     let shortfall = peers.shortfall(steps::needed(&spec));
 

@@ -18,7 +18,9 @@ use kraken_hashi::{Consul, Nomad};
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Settings};
 use kraken_ready::{Notifier, Status, StatusFile};
-use kraken_start::{Systemctl, start_services};
+use kraken_render::{Change, RenderSecrets, Service};
+use kraken_secrets::Store;
+use kraken_start::{ServiceManager, Systemctl, start_services};
 use serde_json::json;
 
 use crate::{BootError, steps};
@@ -38,6 +40,7 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
 
     let mut agent = Agent {
         settings,
+        secrets: RenderSecrets::default(),
         notifier,
         status_file,
         status,
@@ -63,6 +66,8 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
 
 struct Agent {
     settings: Settings,
+    /// What the configs carry, once converged.
+    secrets: RenderSecrets,
     notifier: Notifier,
     status_file: StatusFile,
     status: Status,
@@ -82,6 +87,28 @@ impl Agent {
         self.status.phase = phase.into();
         self.status.message = text.into();
         self.status_file.write(&mut self.status);
+    }
+
+    fn render_and_install(
+        &mut self,
+        identity: &Identity,
+        spec: &NodeSpec,
+        peers: &Peers,
+        secrets: &RenderSecrets,
+    ) -> Result<Vec<(Service, Change)>, BootError> {
+        let files = steps::render(identity, spec, peers, &self.settings, secrets)?;
+        let changes = steps::install(&files, None)?;
+        self.step(
+            "render",
+            json!(
+                files
+                    .iter()
+                    .zip(&changes)
+                    .map(|(f, (_, c))| (f.path.display().to_string(), json!(c)))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+        Ok(changes)
     }
 
     fn step(&mut self, name: &str, detail: serde_json::Value) {
@@ -146,6 +173,16 @@ impl Agent {
         self.step("intent", serde_json::to_value(&spec).unwrap_or_default());
 
         let sdk = kraken_aws::sdk_config(&identity.region, &steps::aws_settings(&settings)).await;
+        self.say("starting", "reading the cluster secrets");
+        let store = Store::from_settings(
+            &settings.secrets,
+            &spec.cluster,
+            &sdk,
+            &kraken_aws::ApiCalls::default(),
+        )?;
+        let mut secrets =
+            steps::secrets(&store, &spec, &settings, steps::SecretsMode::Boot).await?;
+
         let calls = kraken_aws::ApiCalls::default();
         let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
         self.say(
@@ -168,18 +205,7 @@ impl Agent {
         );
 
         self.say("starting", "rendering configs");
-        let files = steps::render(&identity, &spec, &peers, &settings)?;
-        let changes = steps::install(&files, None)?;
-        self.step(
-            "render",
-            json!(
-                files
-                    .iter()
-                    .zip(&changes)
-                    .map(|(f, (_, c))| (f.path.display().to_string(), json!(c)))
-                    .collect::<BTreeMap<_, _>>()
-            ),
-        );
+        let changes = self.render_and_install(&identity, &spec, &peers, &secrets)?;
 
         let plan = steps::start_plan(&spec, &changes, &settings);
         let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
@@ -196,6 +222,67 @@ impl Agent {
         )
         .await?;
         self.step("start", serde_json::to_value(&report).unwrap_or_default());
+
+        // Step 7, then this node's own tokens.
+        let notifier = self.notifier.clone();
+        let reports = steps::bootstrap(
+            &settings,
+            &spec,
+            &identity.instance_id,
+            &store,
+            &secrets,
+            &|s| notifier.status(s),
+        )
+        .await?;
+        self.step(
+            "bootstrap",
+            serde_json::to_value(&reports).unwrap_or_default(),
+        );
+        if !steps::has_role_tokens(&spec, &secrets) {
+            self.say(
+                "waiting",
+                "waiting for this node's tokens in the secret store",
+            );
+            secrets.consul_agent = Some(
+                steps::wait_for_secret(&store, kraken_secrets::names::CONSUL_AGENT, &settings)
+                    .await?,
+            );
+            if let Some(name) = steps::nomad_role_token(&spec) {
+                secrets.nomad_consul = Some(steps::wait_for_secret(&store, name, &settings).await?);
+            }
+            let changes = self.render_and_install(&identity, &spec, &peers, &secrets)?;
+            let changed = |svc| {
+                changes
+                    .iter()
+                    .any(|(s, c): &(Service, Change)| *s == svc && c.needs_restart())
+            };
+            // Consul re-reads acl.tokens on reload; Nomad's Consul token
+            // needs a restart.
+            if changed(Service::Consul) {
+                self.say("starting", "installing the Consul agent token (reload)");
+                manager.reload(&settings.consul.unit).await?;
+            }
+            if changed(Service::Nomad) {
+                self.say("starting", "installing Nomad's Consul token (restart)");
+                manager.restart(&settings.nomad.unit).await?;
+                let deadlines = steps::deadlines(&settings);
+                kraken_start::wait_for(
+                    "Nomad to answer after installing its token",
+                    deadlines.answer,
+                    deadlines.poll,
+                    || async {
+                        nomad
+                            .leader()
+                            .await
+                            .map(|_| Some(()))
+                            .map_err(|e| e.to_string())
+                    },
+                )
+                .await?;
+            }
+        }
+        self.step("tokens", serde_json::json!({ "installed": true }));
+        self.secrets = secrets;
         Ok(Converged {
             identity,
             spec,
@@ -227,8 +314,8 @@ impl Agent {
             self.status_file.write(&mut self.status);
             if peers != node.peers {
                 log::info!("servers changed: {:?} -> {:?}", node.peers, peers);
-                let files = steps::render(&node.identity, &node.spec, &peers, &settings)?;
-                steps::install(&files, None)?;
+                let secrets = self.secrets.clone();
+                self.render_and_install(&node.identity, &node.spec, &peers, &secrets)?;
                 self.step(
                     "discovery",
                     serde_json::to_value(&peers).unwrap_or_default(),
@@ -261,10 +348,4 @@ impl Agent {
     }
 }
 
-fn start_err(e: kraken_hashi::HashiError) -> BootError {
-    BootError::Start(kraken_start::StartError::Command {
-        command: "connect".into(),
-        status: "bad address".into(),
-        stderr: e.to_string(),
-    })
-}
+use steps::hashi_err as start_err;

@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
 use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
+use kraken_hashi::{Consul, Nomad, Token};
 use kraken_identity::{Identity, IdentityProvider};
 use kraken_intent::{NodeSpec, Role, Settings};
-use kraken_render::{Change, RenderedFile, Renderer, Service};
+use kraken_render::{Change, RenderSecrets, RenderedFile, Renderer, Service};
+use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_start::{Deadlines, ServiceStep, StartPlan};
 
 use crate::BootError;
@@ -40,6 +43,157 @@ pub fn needed(spec: &NodeSpec) -> Needed {
             0
         },
     }
+}
+
+/// How step 3 treats a missing cluster-wide secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsMode {
+    /// `run`: Consul servers create missing cluster secrets (first writer
+    /// wins); other nodes, which IAM does not let write, wait for them.
+    Boot,
+    /// `render` and `doctor`: read what exists, create nothing.
+    ReadOnly,
+}
+
+/// Step 3: the cluster secrets this node's configs carry: the gossip key,
+/// on Consul servers the initial-management token, and the role tokens the
+/// bootstrap creates, if they exist yet.
+pub async fn secrets(
+    store: &Store,
+    spec: &NodeSpec,
+    settings: &Settings,
+    mode: SecretsMode,
+) -> Result<RenderSecrets, BootError> {
+    let server = spec.has(Role::ConsulServer);
+    let gossip_key = match mode {
+        SecretsMode::Boot if server => Some(
+            store
+                .get_or_create(names::GOSSIP_KEY, Secret::gossip_key)
+                .await?,
+        ),
+        SecretsMode::Boot => Some(wait_for_secret(store, names::GOSSIP_KEY, settings).await?),
+        SecretsMode::ReadOnly => store.get(names::GOSSIP_KEY).await?,
+    };
+    let initial_management = match mode {
+        SecretsMode::Boot if server => Some(
+            store
+                .get_or_create(names::CONSUL_INITIAL_MANAGEMENT, Secret::random_token)
+                .await?,
+        ),
+        SecretsMode::ReadOnly if server => store.get(names::CONSUL_INITIAL_MANAGEMENT).await?,
+        _ => None,
+    };
+    let nomad_consul = match nomad_role_token(spec) {
+        Some(name) => store.get(name).await?,
+        None => None,
+    };
+    Ok(RenderSecrets {
+        gossip_key,
+        initial_management,
+        consul_agent: store.get(names::CONSUL_AGENT).await?,
+        nomad_consul,
+    })
+}
+
+/// The Consul token this node's Nomad runs with, if it runs Nomad.
+pub fn nomad_role_token(spec: &NodeSpec) -> Option<&'static str> {
+    if spec.has(Role::NomadServer) {
+        Some(names::CONSUL_NOMAD_SERVER)
+    } else if spec.has(Role::NomadClient) {
+        Some(names::CONSUL_NOMAD_CLIENT)
+    } else {
+        None
+    }
+}
+
+/// Whether this node has every token its role installs.
+pub fn has_role_tokens(spec: &NodeSpec, secrets: &RenderSecrets) -> bool {
+    secrets.consul_agent.is_some() && (!spec.runs_nomad() || secrets.nomad_consul.is_some())
+}
+
+/// Step 7: the one-time bootstrap, for the phases this node's roles take
+/// part in. A Nomad server waits for the Consul phase (it needs the token
+/// that phase creates to take the lease).
+pub async fn bootstrap(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    store: &Store,
+    secrets: &RenderSecrets,
+    status: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<kraken_bootstrap::Report>, BootError> {
+    let consul = Consul::new(&settings.consul.http_addr, None).map_err(hashi_err)?;
+    let lease = LeaseSettings {
+        ttl: Duration::from_secs(settings.bootstrap.lease_ttl_secs),
+        lock_delay: Duration::from_secs(settings.bootstrap.lock_delay_secs),
+        ..LeaseSettings::default()
+    };
+    let mut reports = Vec::new();
+    if spec.has(Role::ConsulServer) {
+        let management = secrets
+            .initial_management
+            .as_ref()
+            .map(|s| Token::new(s.expose()));
+        status("bootstrap: Consul ACL policies and tokens");
+        let b = Bootstrap {
+            consul: consul.with_token(management),
+            nomad: None,
+            store,
+            cluster: spec.cluster.clone(),
+            node: node.to_owned(),
+            lease: lease.clone(),
+            crash_after: None,
+        };
+        reports.push(b.run(Phase::Consul).await?);
+    }
+    if spec.has(Role::NomadServer) {
+        status("bootstrap: waiting for the Nomad servers' Consul token");
+        let token = wait_for_secret(store, names::CONSUL_NOMAD_SERVER, settings).await?;
+        status("bootstrap: Nomad ACLs");
+        let b = Bootstrap {
+            consul: consul.with_token(Some(Token::new(token.expose()))),
+            nomad: Some(Nomad::new(&settings.nomad.http_addr, None).map_err(hashi_err)?),
+            store,
+            cluster: spec.cluster.clone(),
+            node: node.to_owned(),
+            lease,
+            crash_after: None,
+        };
+        reports.push(b.run(Phase::Nomad).await?);
+    }
+    Ok(reports)
+}
+
+/// Waits, with backoff, until `name` exists in the store.
+pub async fn wait_for_secret(
+    store: &Store,
+    name: &'static str,
+    settings: &Settings,
+) -> Result<Secret, BootError> {
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(settings.bootstrap.token_wait_secs);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    loop {
+        if let Some(s) = store.get(name).await? {
+            return Ok(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(BootError::Start(kraken_start::StartError::Timeout {
+                what: format!("secret {name} to be created by the bootstrap"),
+                waited: Duration::from_secs(settings.bootstrap.token_wait_secs),
+                last: format!("absent at {}", store.location(name).unwrap_or_default()),
+            }));
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+pub(crate) fn hashi_err(e: kraken_hashi::HashiError) -> BootError {
+    BootError::Start(kraken_start::StartError::Command {
+        command: "connect".into(),
+        status: "bad address".into(),
+        stderr: e.to_string(),
+    })
 }
 
 /// Step 4, once.
@@ -88,9 +242,10 @@ pub fn render(
     spec: &NodeSpec,
     peers: &Peers,
     settings: &Settings,
+    secrets: &RenderSecrets,
 ) -> Result<Vec<RenderedFile>, BootError> {
     let renderer = Renderer::new(settings.paths.templates_dir.as_deref())?;
-    Ok(renderer.render(identity, spec, peers, settings)?)
+    Ok(renderer.render(identity, spec, peers, settings, secrets)?)
 }
 
 /// Step 5: write the rendered files. With `out_dir`, into that directory

@@ -6,6 +6,9 @@ mod consul;
 mod http;
 mod nomad;
 
-pub use consul::{Consul, ConsulMember, KvPair, SessionBehavior};
+pub use consul::{
+    ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, Consul, ConsulMember, KvPair, PolicyLink,
+    SessionBehavior,
+};
 pub use http::{HashiError, Token};
-pub use nomad::{Nomad, NomadMember, NomadNode};
+pub use nomad::{Nomad, NomadBootstrap, NomadMember, NomadNode};

@@ -98,3 +98,54 @@ impl Nomad {
         self.http.get_json("/v1/nodes").await
     }
 }
+
+/// What a Nomad ACL bootstrap attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NomadBootstrap {
+    /// This call bootstrapped the cluster with the given secret.
+    Done,
+    /// The cluster was bootstrapped before (by us earlier, or by a person).
+    AlreadyDone,
+}
+
+impl Nomad {
+    /// `PUT /v1/acl/bootstrap` with a caller-chosen management secret, so
+    /// the secret can be stored before the cluster knows it.
+    pub async fn acl_bootstrap(&self, secret: &Token) -> Result<NomadBootstrap, HashiError> {
+        let body = serde_json::json!({ "BootstrapSecret": secret.expose() });
+        match self
+            .http
+            .send(
+                Method::PUT,
+                "/v1/acl/bootstrap",
+                Some(body.to_string().into_bytes()),
+                DEFAULT_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => Ok(NomadBootstrap::Done),
+            Err(HashiError::Status {
+                status: 400, body, ..
+            }) if body.contains("bootstrap already done") => Ok(NomadBootstrap::AlreadyDone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this client's token authenticates (`None`: Nomad does not
+    /// know it).
+    pub async fn acl_token_self(&self) -> Result<Option<serde_json::Value>, HashiError> {
+        match self.http.get_json("/v1/acl/token/self").await {
+            Ok(t) => Ok(Some(t)),
+            Err(HashiError::Status {
+                status: 403 | 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn with_token(&self, token: Option<Token>) -> Nomad {
+        Nomad {
+            http: self.http.clone().with_token(token),
+        }
+    }
+}

@@ -15,8 +15,8 @@ mod settings;
 mod tags;
 
 pub use settings::{
-    AwsSettingsFile, ConsulSettings, DEFAULT_SETTINGS_PATH, DiscoverySettings, DockerLogDriver,
-    DockerSettings, ImdsSettingsFile, IntentDefaults, NomadSettings, PathSettings, Settings,
-    SettingsError, StartSettings,
+    AwsSettingsFile, BootstrapSettings, ConsulSettings, DEFAULT_SETTINGS_PATH, DiscoverySettings,
+    DockerLogDriver, DockerSettings, ImdsSettingsFile, IntentDefaults, NomadSettings, PathSettings,
+    Settings, SettingsError, StartSettings,
 };
 pub use tags::{IntentError, NodeSpec, Role, TAG_PREFIX, TagError, known_tags};

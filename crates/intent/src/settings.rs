@@ -17,6 +17,8 @@ pub struct Settings {
     pub start: StartSettings,
     pub imds: ImdsSettingsFile,
     pub aws: AwsSettingsFile,
+    pub secrets: kraken_secrets::SecretSettings,
+    pub bootstrap: BootstrapSettings,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -87,6 +89,15 @@ impl Settings {
                  (0 would query EC2 in a tight loop)"
                     .into(),
             );
+        }
+        self.secrets
+            .validate()
+            .map_err(|e| format!("[secrets]: {e}"))?;
+        if self.bootstrap.lease_ttl_secs < 10 {
+            return Err(format!(
+                "bootstrap.lease_ttl_secs = {}; expected at least 10 (Consul's minimum session TTL)",
+                self.bootstrap.lease_ttl_secs
+            ));
         }
         if self.docker.log_max_files == 0 {
             return Err("docker.log_max_files = 0; expected at least 1".into());
@@ -342,6 +353,29 @@ impl Default for AwsSettingsFile {
             max_attempts: 6,
             max_backoff_secs: 20,
             attempt_timeout_secs: 10,
+        }
+    }
+}
+
+/// The bootstrap lease (see `docs/architecture.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapSettings {
+    /// Session TTL of the lease; a dead holder is replaced within about
+    /// twice this plus the lock delay.
+    pub lease_ttl_secs: u64,
+    pub lock_delay_secs: u64,
+    /// How long a node waits for its role's tokens to appear in the
+    /// secret store before reporting and trying again.
+    pub token_wait_secs: u64,
+}
+
+impl Default for BootstrapSettings {
+    fn default() -> Self {
+        BootstrapSettings {
+            lease_ttl_secs: 15,
+            lock_delay_secs: 5,
+            token_wait_secs: 600,
         }
     }
 }

@@ -1,11 +1,30 @@
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
 use kraken_intent::{DockerLogDriver, NodeSpec, Role, Settings};
+use kraken_secrets::Secret;
 use serde_json::{Value, json};
+
+/// The secrets a node's configs carry; each absent until it exists in the
+/// secret store (and, for tokens, until this node's role may read it).
+#[derive(Debug, Clone, Default)]
+pub struct RenderSecrets {
+    pub gossip_key: Option<Secret>,
+    /// Consul servers only.
+    pub initial_management: Option<Secret>,
+    pub consul_agent: Option<Secret>,
+    /// The Consul token of this node's Nomad role.
+    pub nomad_consul: Option<Secret>,
+}
 
 /// The variables every template sees. `docs/templates.md` documents them;
 /// a template that names anything else fails to render (strict mode).
-pub fn context(identity: &Identity, spec: &NodeSpec, peers: &Peers, settings: &Settings) -> Value {
+pub fn context(
+    identity: &Identity,
+    spec: &NodeSpec,
+    peers: &Peers,
+    settings: &Settings,
+    secrets: &RenderSecrets,
+) -> Value {
     let roles: Vec<&str> = spec.roles.iter().map(|r| r.as_str()).collect();
     let ips = |set: &std::collections::BTreeSet<std::net::Ipv4Addr>| -> Vec<String> {
         set.iter().map(|ip| ip.to_string()).collect()
@@ -54,6 +73,12 @@ pub fn context(identity: &Identity, spec: &NodeSpec, peers: &Peers, settings: &S
             "raw_exec": settings.nomad.raw_exec,
             "network_interface": settings.nomad.network_interface,
             "consul_address": consul_host,
+        },
+        "secrets": {
+            "gossip_key": secrets.gossip_key.as_ref().map(Secret::expose),
+            "initial_management": secrets.initial_management.as_ref().map(Secret::expose),
+            "consul_agent": secrets.consul_agent.as_ref().map(Secret::expose),
+            "nomad_consul": secrets.nomad_consul.as_ref().map(Secret::expose),
         },
         "docker": {
             "log_driver": match settings.docker.log_driver {

@@ -19,7 +19,7 @@ use kraken_identity::Identity;
 use kraken_intent::{NodeSpec, Role, Settings};
 use serde::Serialize;
 
-pub use context::context;
+pub use context::{RenderSecrets, context};
 pub use write::{Change, WriteError, resolve_owner, write_atomic};
 
 /// The service that reads a rendered file, and so must restart when it
@@ -177,8 +177,9 @@ impl Renderer {
         spec: &NodeSpec,
         peers: &Peers,
         settings: &Settings,
+        secrets: &RenderSecrets,
     ) -> Result<Vec<RenderedFile>, RenderError> {
-        let ctx = context(identity, spec, peers, settings);
+        let ctx = context(identity, spec, peers, settings, secrets);
         let mut files = Vec::new();
         for def in &TEMPLATES {
             let (path, owner, group, mode) = match def.service {

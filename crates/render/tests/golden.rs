@@ -35,7 +35,13 @@ fn render(path: &Path, settings: &Settings) -> BTreeMap<String, String> {
     let spec = NodeSpec::from_tags(&node.identity.tags, &settings.intent).unwrap();
     Renderer::new(None)
         .unwrap()
-        .render(&node.identity, &spec, &node.peers, settings)
+        .render(
+            &node.identity,
+            &spec,
+            &node.peers,
+            settings,
+            &Default::default(),
+        )
         .unwrap()
         .into_iter()
         .map(|f| (f.file_name().to_owned(), f.contents))
@@ -117,7 +123,13 @@ fn hostile_meta_cannot_escape_its_string() {
     };
     let files = Renderer::new(None)
         .unwrap()
-        .render(&identity, &spec, &Peers::default(), &Settings::default())
+        .render(
+            &identity,
+            &spec,
+            &Peers::default(),
+            &Settings::default(),
+            &Default::default(),
+        )
         .unwrap();
     let nomad = files
         .iter()

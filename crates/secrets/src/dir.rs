@@ -215,13 +215,34 @@ impl Job {
                 .recursive(true)
                 .mode(0o755)
                 .create(above)
-                .map_err(|e| self.err("create directory", above, e))?;
+                .map_err(|e| self.dir_error(above, e))?;
         }
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(parent)
-            .map_err(|e| self.err("create directory", parent, e))
+            .map_err(|e| self.dir_error(parent, e))
+    }
+
+    // mkdir says only "File exists" when a file sits where a directory must
+    // be; the person fixing it needs to know which file.
+    fn dir_error(&self, dir: &Path, e: std::io::Error) -> SecretError {
+        if matches!(
+            e.kind(),
+            ErrorKind::AlreadyExists | ErrorKind::NotADirectory
+        ) {
+            let blocker = dir
+                .ancestors()
+                .find(|a| fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+            if let Some(blocker) = blocker {
+                let e = std::io::Error::new(
+                    ErrorKind::NotADirectory,
+                    format!("{} is a file, not a directory", blocker.display()),
+                );
+                return self.err("create directory", dir, e);
+            }
+        }
+        self.err("create directory", dir, e)
     }
 
     fn write_temp(&self, value: &Secret) -> Result<PathBuf, SecretError> {
@@ -261,7 +282,11 @@ impl Job {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             // Harmless clutter: temporary names cannot collide with secrets.
-            Err(e) => log::warn!("secret {}: could not remove {}: {e}", self.name, tmp.display()),
+            Err(e) => log::warn!(
+                "secret {}: could not remove {}: {e}",
+                self.name,
+                tmp.display()
+            ),
         }
     }
 

@@ -128,8 +128,7 @@ pub enum Created {
 /// the store's cluster.
 pub trait SecretStore: Send + Sync {
     /// The secret, or `None` when it has not been created yet.
-    fn get(&self, name: &str)
-    -> impl Future<Output = Result<Option<Secret>, SecretError>> + Send;
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<Secret>, SecretError>> + Send;
 
     /// Creates the secret unless it exists, atomically: of any number of
     /// concurrent creators exactly one gets [`Created::Won`], every other
@@ -142,8 +141,11 @@ pub trait SecretStore: Send + Sync {
 
     /// Writes the secret whether or not it exists (rotation). Readers see
     /// the old value or the new one, never a mix.
-    fn put(&self, name: &str, value: &Secret)
-    -> impl Future<Output = Result<(), SecretError>> + Send;
+    fn put(
+        &self,
+        name: &str,
+        value: &Secret,
+    ) -> impl Future<Output = Result<(), SecretError>> + Send;
 
     /// Removes the secret; removing one that does not exist is not an error.
     fn delete(&self, name: &str) -> impl Future<Output = Result<(), SecretError>> + Send;
@@ -262,7 +264,11 @@ impl SecretSettings {
     /// Checks the values a TOML parse cannot, naming the key at fault.
     pub fn validate(&self) -> Result<(), SecretError> {
         ssm::validate_prefix(&self.ssm_prefix)?;
-        if self.kms_key_id.as_ref().is_some_and(|k| k.trim().is_empty()) {
+        if self
+            .kms_key_id
+            .as_ref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
             return Err(SecretError::Settings {
                 key: "secrets.kms_key_id",
                 message: "is empty; leave it out to use the account's aws/ssm key".into(),
@@ -370,7 +376,8 @@ pub enum SecretError {
         parameter: String,
         /// The IAM action that failed, e.g. `ssm:GetParameter`.
         action: &'static str,
-        failure: Failure,
+        /// Boxed: it is the largest part, and errors travel by value.
+        failure: Box<Failure>,
         kms_key_id: Option<String>,
     },
     #[error("secret {name} at {location} is unusable: {reason}")]
@@ -426,7 +433,7 @@ impl SecretError {
         match self {
             SecretError::Ssm { failure, .. } => {
                 matches!(
-                    failure,
+                    **failure,
                     Failure::AccessDenied { .. } | Failure::Credentials { .. }
                 )
             }
@@ -463,20 +470,17 @@ fn ssm_message(
                 "kms:Encrypt"
             };
             text.push_str(&format!(
-                "; parameters are encrypted with KMS key {key}, so {kms_action} on that key is \
-                 needed too"
+                "; the parameters are encrypted with KMS key {key}, so the role also needs \
+                 {kms_action} on that key"
             ));
         }
-        text.push_str("; docs/secrets.md has the policy for each role");
+        text.push_str("; docs/secrets.md has the SSM and KMS policy for each role");
     }
     text
 }
 
 fn dir_message(name: &str, op: &str, path: &std::path::Path, source: &std::io::Error) -> String {
-    let mut text = format!(
-        "secret {name}: could not {op} {}: {source}",
-        path.display()
-    );
+    let mut text = format!("secret {name}: could not {op} {}: {source}", path.display());
     match source.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => text
             .push_str(
@@ -603,10 +607,10 @@ mod tests {
             name: "consul/gossip-key".into(),
             parameter: "/kraken/c1/consul/gossip-key".into(),
             action: "ssm:GetParameter",
-            failure: Failure::AccessDenied {
+            failure: Box::new(Failure::AccessDenied {
                 code: "AccessDeniedException".into(),
                 message: "no".into(),
-            },
+            }),
             kms_key_id: Some("alias/k".into()),
         };
         let t = e.to_string();

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::put_parameter::PutParameterError;
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
@@ -78,7 +79,11 @@ impl SsmStore {
             Err(e) => return Err(self.error(name, parameter, "ssm:GetParameter", &e, None)),
         };
         let Some(p) = out.parameter() else {
-            return Err(corrupt(name, parameter, "SSM answered without the parameter"));
+            return Err(corrupt(
+                name,
+                parameter,
+                "SSM answered without the parameter",
+            ));
         };
         if p.r#type() != Some(&ParameterType::SecureString) {
             // Readable, so usable; but stored in plain text, which someone
@@ -131,32 +136,32 @@ impl SsmStore {
         }
     }
 
-    fn error<E, R>(
+    fn error<E>(
         &self,
         name: &str,
         parameter: &str,
         action: &'static str,
-        err: &SdkError<E, R>,
+        err: &SdkError<E, HttpResponse>,
         value: Option<&Secret>,
     ) -> SecretError
     where
         E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         let failure = match Failure::classify(err) {
             Failure::Rejected { code, .. } if code == "TooManyUpdates" => {
                 Failure::Throttled { code }
             }
+            Failure::Transient { .. } if forbidden(err) => forbidden_failure(err),
             f => f,
         };
         SecretError::Ssm {
             name: name.to_owned(),
             parameter: parameter.to_owned(),
             action,
-            failure: match value {
+            failure: Box::new(match value {
                 Some(v) => scrub(failure, v),
                 None => failure,
-            },
+            }),
             kms_key_id: self.kms_key_id.clone(),
         }
     }
@@ -216,6 +221,30 @@ impl SecretStore for SsmStore {
             }
             Err(e) => Err(self.error(name, &parameter, "ssm:DeleteParameter", &e, None)),
         }
+    }
+}
+
+// A 403 whose body is not SSM's JSON (moto answers XML; a proxy may answer
+// HTML) is still a refusal: retrying cannot help, a grant can.
+fn forbidden<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.raw_response()
+        .is_some_and(|r| r.status().as_u16() == 403)
+}
+
+fn forbidden_failure<E>(err: &SdkError<E, HttpResponse>) -> Failure {
+    let body = err
+        .raw_response()
+        .and_then(|r| r.body().bytes())
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let element = |tag: &str| {
+        let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+        let end = body[start..].find(&format!("</{tag}>"))? + start;
+        Some(body[start..end].to_owned())
+    };
+    Failure::AccessDenied {
+        code: element("Code").unwrap_or_else(|| "HTTP 403".to_owned()),
+        message: element("Message").unwrap_or_default(),
     }
 }
 
@@ -288,7 +317,10 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), SecretError> {
     if prefix.starts_with('/') || prefix.ends_with('/') {
         return fail("starts or ends with '/'; write it without, e.g. \"kraken\"");
     }
-    if prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if prefix
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return fail("has an empty, '.' or '..' segment");
     }
     if !prefix

@@ -48,8 +48,13 @@ async fn create_get_put_delete_with_private_modes() {
     for d in ["", "c1", "c1/consul", "c1/consul/tokens"] {
         assert_eq!(mode(&root.join(d)), 0o700, "{d}");
     }
-    // Ancestors of the store are not made private.
-    assert_eq!(mode(&tmp.path().join("lib/kraken")), 0o755);
+    // Ancestors of the store are not made private: they get what any
+    // directory made with mode 0755 under this umask gets.
+    let reference = tmp.path().join("reference");
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o755)
+        .create(&reference)
+        .unwrap();
+    assert_eq!(mode(&tmp.path().join("lib/kraken")), mode(&reference));
     assert_eq!(entries(&root.join("c1/consul/tokens")), ["nomad-server"]);
 
     let second = Secret::random_token();

@@ -89,16 +89,23 @@ async fn ten_racing_nodes_end_with_one_value() {
     for round in 0..3 {
         let name = format!("consul/tokens/race-{round}");
         let barrier = Arc::new(tokio::sync::Barrier::new(10));
+        let generated = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..10 {
             // One client each, as ten nodes would have.
             let (s, _) = store(&moto, "race", None).await;
-            let (barrier, name) = (barrier.clone(), name.clone());
+            let (barrier, name, generated) = (barrier.clone(), name.clone(), generated.clone());
             tasks.push(tokio::spawn(async move {
                 let mine = Secret::random_token();
                 let offered = mine.clone();
                 barrier.wait().await;
-                let got = s.get_or_create(&name, move || offered).await.unwrap();
+                let got = s
+                    .get_or_create(&name, move || {
+                        generated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        offered
+                    })
+                    .await
+                    .unwrap();
                 (got == mine, got)
             }));
         }
@@ -113,6 +120,13 @@ async fn ten_racing_nodes_end_with_one_value() {
         );
         let winners = results.iter().filter(|(won, _)| *won).count();
         assert_eq!(winners, 1, "round {round}: {winners} nodes think they won");
+        // Several found it missing and tried to create it: the atomic create
+        // decided, not the order of the gets.
+        let tried = generated.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            tried >= 2,
+            "round {round}: only {tried} node(s) tried to create"
+        );
         let (s, _) = store(&moto, "race", None).await;
         assert_eq!(s.get(&name).await.unwrap(), Some(winner));
     }

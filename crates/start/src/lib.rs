@@ -28,6 +28,9 @@ pub trait ServiceManager {
     fn enable(&self, unit: &str) -> impl Future<Output = Result<(), StartError>> + Send;
     fn start(&self, unit: &str) -> impl Future<Output = Result<(), StartError>> + Send;
     fn restart(&self, unit: &str) -> impl Future<Output = Result<(), StartError>> + Send;
+    /// Asks the service to re-read its config without restarting (SIGHUP
+    /// through the unit's `ExecReload=`).
+    fn reload(&self, unit: &str) -> impl Future<Output = Result<(), StartError>> + Send;
     fn is_active(&self, unit: &str) -> impl Future<Output = Result<bool, StartError>> + Send;
 }
 

@@ -78,6 +78,10 @@ impl ServiceManager for Systemctl {
         self.run_ok(&["restart", "--no-block", unit]).await
     }
 
+    async fn reload(&self, unit: &str) -> Result<(), StartError> {
+        self.run_ok(&["reload", unit]).await
+    }
+
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
         let out = self.run(&["is-active", "--quiet", unit]).await?;
         Ok(out.status.success())

@@ -1,0 +1,17 @@
+# Nomad servers: register the nomad service and, for the one-time bootstrap,
+# take the lease under kraken/@CLUSTER@/bootstrap/.
+agent_prefix "" {
+  policy = "read"
+}
+node_prefix "" {
+  policy = "read"
+}
+service_prefix "" {
+  policy = "write"
+}
+key_prefix "kraken/@CLUSTER@/bootstrap/" {
+  policy = "write"
+}
+session_prefix "" {
+  policy = "write"
+}
