@@ -4,6 +4,7 @@
 //! (and later `doctor`) call those same functions.
 
 pub mod error;
+pub mod logging;
 pub mod node_file;
 pub mod render_cmd;
 pub mod run;

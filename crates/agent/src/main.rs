@@ -39,36 +39,13 @@ enum Command {
     Version,
 }
 
-fn init_logging() {
-    // Under systemd, log to the journal with structured fields; elsewhere,
-    // readable lines on stderr.
-    if systemd_journal_logger::connected_to_journal()
-        && let Ok(logger) = systemd_journal_logger::JournalLog::new()
-        && logger
-            .with_extra_fields([("KRAKEN_AGENT_VERSION", env!("CARGO_PKG_VERSION"))])
-            .install()
-            .is_ok()
-    {
-        log::set_max_level(log::LevelFilter::Info);
-        return;
-    }
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        // The AWS SDK's internals are not this program's story.
-        .filter_module("aws_smithy_runtime", log::LevelFilter::Warn)
-        .filter_module("aws_config", log::LevelFilter::Warn)
-        .parse_env("KRAKEN_LOG")
-        .format_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Version = cli.command {
         println!("kraken-agent {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    kraken_agent::logging::init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
