@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use common::*;
 use kraken_fake_imds::{FakeImds, FakeImdsHandle};
@@ -303,50 +301,10 @@ async fn ec2_access_denied_names_the_action_to_grant() {
     assert!(!t.contains(key.secret_access_key()), "secret leaked: {t}");
 }
 
-/// EC2's answer to a throttled call, as AWS documents it.
-const THROTTLED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>5ea6dde5-0d6c-4f1e-9e5b-1e6b5b1e2d3a</RequestID></Response>"#;
-
-/// Answers the first `throttle` requests as a throttled EC2 would, then
-/// passes requests through to moto. Nothing real throttles on demand.
-async fn throttling_proxy(upstream: String, throttle: u32) -> (SocketAddr, Arc<AtomicU32>) {
-    let seen = Arc::new(AtomicU32::new(0));
-    let counter = seen.clone();
-    let client = reqwest::Client::new();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (client, upstream, counter) = (client.clone(), upstream.clone(), counter.clone());
-        async move {
-            use axum::response::IntoResponse;
-            if counter.fetch_add(1, Ordering::SeqCst) < throttle {
-                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, THROTTLED).into_response();
-            }
-            let (parts, body) = req.into_parts();
-            let body = axum::body::to_bytes(body, 1 << 24).await.unwrap();
-            let mut fwd = client.request(
-                parts.method.clone(),
-                format!("{upstream}{}", parts.uri.path_and_query().unwrap()),
-            );
-            for (k, v) in &parts.headers {
-                if k != "host" {
-                    fwd = fwd.header(k, v);
-                }
-            }
-            let resp = fwd.body(body).send().await.unwrap();
-            let status = resp.status();
-            let bytes = resp.bytes().await.unwrap();
-            (status, bytes).into_response()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_ec2_calls_are_retried_with_backoff() {
     let w = world(CLIENT, true).await;
-    let (proxy, seen) = throttling_proxy(w.moto.endpoint(), 3).await;
+    let (proxy, seen) = throttling_proxy(w.moto.endpoint(), 3, &EC2_THROTTLED).await;
     let mut env = w.env();
     env.endpoint = format!("http://{proxy}");
     let out = agent(
@@ -369,7 +327,7 @@ async fn throttled_ec2_calls_are_retried_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_throttling_fails_as_transient_after_the_cap() {
     let w = world(CLIENT, true).await;
-    let (proxy, seen) = throttling_proxy(w.moto.endpoint(), u32::MAX).await;
+    let (proxy, seen) = throttling_proxy(w.moto.endpoint(), u32::MAX, &EC2_THROTTLED).await;
     let mut env = w.env();
     env.endpoint = format!("http://{proxy}");
     let out = agent(

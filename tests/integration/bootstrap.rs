@@ -55,7 +55,7 @@ struct Cluster {
     moto: Moto,
     cluster: String,
     consul_ips: Vec<Ipv4Addr>,
-    _consul: Vec<(Peer, TestDir)>,
+    consul_peers: Vec<(Peer, TestDir)>,
     nomad: NomadServer,
     management: Token,
     healthy_at: Instant,
@@ -66,11 +66,15 @@ fn settings() -> Settings {
 }
 
 async fn store(moto: &Moto, cluster: &str) -> Store {
+    store_at(&moto.endpoint(), cluster, ("testing", "testing")).await
+}
+
+async fn store_at(endpoint: &str, cluster: &str, (key, secret): (&str, &str)) -> Store {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto.endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "testing", "testing", None, None, "test",
+            key, secret, None, None, "test",
         ))
         .load()
         .await;
@@ -138,7 +142,7 @@ async fn cluster(name: &str) -> Cluster {
         moto,
         cluster: name.into(),
         consul_ips: ips,
-        _consul: consul,
+        consul_peers: consul,
         nomad,
         management: Token::new(management.unwrap().expose()),
         healthy_at,
@@ -170,11 +174,20 @@ impl Cluster {
         crash_after: Option<Step>,
     ) -> Result<Vec<Report>, BootstrapError> {
         let store = store(&self.moto, &self.cluster).await;
+        self.participant_with(i, crash_after, &store).await
+    }
+
+    async fn participant_with(
+        &self,
+        i: usize,
+        crash_after: Option<Step>,
+        store: &Store,
+    ) -> Result<Vec<Report>, BootstrapError> {
         let node = format!("node-{i}");
         let consul_phase = Bootstrap {
             consul: self.consul(i, Some(self.management.clone())),
             nomad: None,
-            store: &store,
+            store,
             cluster: self.cluster.clone(),
             node: node.clone(),
             lease: lease(),
@@ -190,7 +203,7 @@ impl Cluster {
         let nomad_phase = Bootstrap {
             consul: self.consul(i, Some(Token::new(token.expose()))),
             nomad: Some(Nomad::new(&self.nomad.http_url(), None).unwrap()),
-            store: &store,
+            store,
             cluster: self.cluster.clone(),
             node,
             lease: lease(),
@@ -386,7 +399,7 @@ async fn a_holder_killed_after_any_step_is_replaced_and_nothing_is_lost() {
     for (i, step) in Step::ALL.iter().enumerate() {
         let err = c.participant(i, Some(*step)).await.unwrap_err();
         assert!(
-            matches!(err, BootstrapError::LeaseLost { .. }),
+            matches!(err, BootstrapError::CrashPoint { .. }),
             "crash point after {}: {err}",
             step.name()
         );
@@ -488,4 +501,133 @@ async fn a_deleted_lock_key_stops_the_holder_before_its_next_step() {
     // Another node then completes the whole bootstrap.
     c.participant(1, None).await.unwrap();
     assert_eq!(c.census().await, (4, 3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consul_leader_change_mid_bootstrap_is_ridden_out() {
+    captured();
+    let mut c = cluster("leaderchange").await;
+    let admin = c.consul(0, Some(c.management.clone()));
+    let leader = admin.leader().await.unwrap().unwrap();
+    let leader_index = c
+        .consul_ips
+        .iter()
+        .position(|ip| leader.starts_with(&format!("{ip}:")))
+        .unwrap();
+    // The participants talk to the two other servers, as nodes talk to
+    // their own agents; the leader dies while they work.
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader_index).collect();
+    let run = async {
+        let a = c.participant(others[0], None);
+        let b = c.participant(others[1] + 3, None);
+        join_all(vec![Box::pin(a), Box::pin(b)]).await
+    };
+    let leader_pid = c.consul_peers[leader_index].0.pid().unwrap();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(leader_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (results, ()) = tokio::join!(run, kill);
+    for r in results {
+        r.expect("both participants finish despite the election");
+    }
+    let survivor = c.consul(others[0], Some(c.management.clone()));
+    let new_leader = survivor.leader().await.unwrap().unwrap();
+    assert_ne!(new_leader, leader);
+    let state: kraken_bootstrap::State = serde_json::from_slice(
+        &survivor
+            .kv_get("kraken/leaderchange/bootstrap/state", None)
+            .await
+            .unwrap()
+            .0
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(state.done.len(), Step::ALL.len());
+    c.consul_ips.remove(leader_index);
+    c.consul_peers.remove(leader_index);
+    assert_eq!(c.census().await, (4, 3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttled_ssm_is_retried_and_the_bootstrap_completes() {
+    captured();
+    let c = cluster("throttled").await;
+    let (proxy, seen) = throttling_proxy(c.moto.endpoint(), 4, &SSM_THROTTLED).await;
+    let throttled = store_at(
+        &format!("http://{proxy}"),
+        &c.cluster,
+        ("testing", "testing"),
+    )
+    .await;
+    c.participant_with(0, None, &throttled).await.unwrap();
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) > 4);
+    assert_eq!(c.census().await, (4, 3, 1));
+    c.tokens_work().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ssm_access_denied_is_named_and_does_no_damage() {
+    captured();
+    let c = cluster("denied").await;
+    // A second moto that enforces IAM from its 4th request: a node whose
+    // role may not write the secret store.
+    let strict = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
+    let iam = aws_sdk_iam::Client::from_conf(
+        aws_sdk_iam::config::Builder::new()
+            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+            .region(aws_sdk_iam::config::Region::new(REGION))
+            .endpoint_url(strict.endpoint())
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build(),
+    );
+    iam.create_user().user_name("node").send().await.unwrap();
+    iam.put_user_policy()
+        .user_name("node")
+        .policy_name("read-only")
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ssm:GetParameter","Resource":"*"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name("node")
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let denied = store_at(
+        &strict.endpoint(),
+        &c.cluster,
+        (key.access_key_id(), key.secret_access_key()),
+    )
+    .await;
+    let err = c.participant_with(0, None, &denied).await.unwrap_err();
+    let text = err.to_string();
+    assert!(!err.is_transient(), "{text}");
+    assert!(text.contains("ssm:PutParameter"), "{text}");
+    assert!(
+        text.contains("/kraken/denied/consul/tokens/agent"),
+        "{text}"
+    );
+    // No token was created without its secret stored first.
+    let admin = c.consul(0, Some(c.management.clone()));
+    let tokens = admin.acl_tokens().await.unwrap();
+    assert!(
+        tokens.iter().all(|t| !t.description.starts_with("kraken:")),
+        "{tokens:?}"
+    );
+    // A node that may write then finishes the job.
+    c.participant(1, None).await.unwrap();
+    assert_eq!(c.census().await, (4, 3, 1));
+    c.tokens_work().await;
 }

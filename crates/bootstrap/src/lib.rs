@@ -119,6 +119,8 @@ pub enum BootstrapError {
          docs/operations.md) and restart kraken-agent"
     )]
     NomadBootstrappedByHand { location: String },
+    #[error("stopped at the test crash point after step {step}")]
+    CrashPoint { step: &'static str },
     #[error("bootstrap state at {key} is not valid JSON: {detail}")]
     BadState { key: String, detail: String },
 }
@@ -141,9 +143,9 @@ impl BootstrapError {
             }
             BootstrapError::Secret(e) => e.is_transient(),
             BootstrapError::LeaseLost { .. } => true,
-            BootstrapError::NomadBootstrappedByHand { .. } | BootstrapError::BadState { .. } => {
-                false
-            }
+            BootstrapError::NomadBootstrappedByHand { .. }
+            | BootstrapError::BadState { .. }
+            | BootstrapError::CrashPoint { .. } => false,
         }
     }
 }
@@ -209,6 +211,27 @@ impl Bootstrap<'_> {
     /// Runs `phase` to completion, unless another node already has. Waits
     /// for the lease as long as needed; returns what this node did.
     pub async fn run(&self, phase: Phase) -> Result<Report, BootstrapError> {
+        // A leader election or a lost lease interrupts an attempt; the
+        // recorded state makes the next attempt resume where it stopped.
+        let mut delay = Duration::from_millis(500);
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            match self.attempt(phase).await {
+                Err(e) if e.is_transient() => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(300) {
+                        return Err(e);
+                    }
+                    log::warn!("bootstrap ({phase:?} phase): {e}; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt(&self, phase: Phase) -> Result<Report, BootstrapError> {
         let mut report = Report::default();
         let (state, _) = self.read_state().await?;
         report.consul_calls += 1;
@@ -266,9 +289,7 @@ impl Bootstrap<'_> {
             if self.crash_after == Some(step)
                 || std::env::var(CRASH_AFTER_ENV).is_ok_and(|s| s == step.name())
             {
-                return Err(BootstrapError::LeaseLost {
-                    key: format!("{} (crash point after {})", self.lock_key(), step.name()),
-                });
+                return Err(BootstrapError::CrashPoint { step: step.name() });
             }
         }
         Ok(())

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 
@@ -155,4 +158,76 @@ pub fn instance_data(
         tags,
         ..Default::default()
     }
+}
+
+/// How a throttled AWS API answers, as AWS documents it for each protocol.
+pub struct Throttled {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+/// EC2 (query protocol, XML errors).
+pub const EC2_THROTTLED: Throttled = Throttled {
+    status: 503,
+    content_type: "text/xml;charset=UTF-8",
+    body: r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>5ea6dde5-0d6c-4f1e-9e5b-1e6b5b1e2d3a</RequestID></Response>"#,
+};
+
+/// SSM (JSON 1.1 protocol).
+pub const SSM_THROTTLED: Throttled = Throttled {
+    status: 400,
+    content_type: "application/x-amz-json-1.1",
+    body: r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+};
+
+/// Answers the first `throttle` requests as a throttled AWS API would, then
+/// passes requests through to moto. Nothing real throttles on demand.
+pub async fn throttling_proxy(
+    upstream: String,
+    throttle: u32,
+    answer: &'static Throttled,
+) -> (SocketAddr, Arc<AtomicU32>) {
+    let seen = Arc::new(AtomicU32::new(0));
+    let counter = seen.clone();
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (client, upstream, counter) = (client.clone(), upstream.clone(), counter.clone());
+        async move {
+            use axum::response::IntoResponse;
+            if counter.fetch_add(1, Ordering::SeqCst) < throttle {
+                return (
+                    axum::http::StatusCode::from_u16(answer.status).unwrap(),
+                    [("content-type", answer.content_type)],
+                    answer.body,
+                )
+                    .into_response();
+            }
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 24).await.unwrap();
+            let mut fwd = client.request(
+                parts.method.clone(),
+                format!("{upstream}{}", parts.uri.path_and_query().unwrap()),
+            );
+            for (k, v) in &parts.headers {
+                if k != "host" {
+                    fwd = fwd.header(k, v);
+                }
+            }
+            let resp = fwd.body(body).send().await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap();
+            let mut out = (status, bytes).into_response();
+            if let Some(ct) = headers.get("content-type") {
+                out.headers_mut().insert("content-type", ct.clone());
+            }
+            out
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
 }
