@@ -306,7 +306,7 @@ async fn throttled_ec2_calls_are_retried_with_backoff() {
     let w = world(CLIENT, true).await;
     let (proxy, seen) = throttling_proxy(w.moto.endpoint(), 3, &EC2_THROTTLED).await;
     let mut env = w.env();
-    env.endpoint = format!("http://{proxy}");
+    env.ec2_endpoint = Some(format!("http://{proxy}"));
     let out = agent(
         &env,
         "",
@@ -329,7 +329,7 @@ async fn endless_throttling_fails_as_transient_after_the_cap() {
     let w = world(CLIENT, true).await;
     let (proxy, seen) = throttling_proxy(w.moto.endpoint(), u32::MAX, &EC2_THROTTLED).await;
     let mut env = w.env();
-    env.endpoint = format!("http://{proxy}");
+    env.ec2_endpoint = Some(format!("http://{proxy}"));
     let out = agent(
         &env,
         "[aws]\nmax_attempts = 3\nmax_backoff_secs = 1\n",

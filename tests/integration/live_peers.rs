@@ -66,6 +66,18 @@ impl ServiceManager for Processes {
         }
         Ok(())
     }
+    async fn describe(&self, unit: &str) -> Result<kraken_start::UnitState, StartError> {
+        Ok(kraken_start::UnitState {
+            enabled: "enabled".into(),
+            active: if self.is_active(unit).await? {
+                "active"
+            } else {
+                "inactive"
+            }
+            .into(),
+            recent_log: Vec::new(),
+        })
+    }
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
         Ok(self
             .running

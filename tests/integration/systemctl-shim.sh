@@ -41,6 +41,8 @@ case $cmd in
     restart) stop; start ;;
     stop) stop ;;
     reload) alive && kill -HUP "$(cat "$pidfile")" ;;
-    is-active) alive ;;
+    is-active)
+        if alive; then echo active; else echo inactive; exit 3; fi ;;
+    is-enabled) echo enabled ;;
     *) echo "systemctl-shim: unsupported: $*" >&2; exit 1 ;;
 esac

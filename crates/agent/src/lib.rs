@@ -1,8 +1,9 @@
 //! kraken-agent: the boot flow of one node, and the commands around it.
 //!
 //! `steps` holds the one implementation of each boot step; `run`, `render`
-//! (and later `doctor`) call those same functions.
+//! and `doctor` call those same functions.
 
+pub mod doctor;
 pub mod error;
 pub mod logging;
 pub mod node_file;

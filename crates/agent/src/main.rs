@@ -35,6 +35,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tell what is wrong with this node and what to do; changes nothing.
+    /// Exit status: 0 all ok, 1 warnings, 2 failures.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -50,6 +57,31 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Command::Doctor { json } = cli.command {
+        return runtime.block_on(async {
+            let settings = match Settings::load(&cli.config) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("fail  settings     {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let checks = kraken_agent::doctor::doctor(&settings).await;
+            if json {
+                let doc = serde_json::json!({
+                    "checks": checks,
+                    "exit_status": kraken_agent::doctor::exit_code(&checks),
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("serialises")
+                );
+            } else {
+                kraken_agent::doctor::print(&checks);
+            }
+            ExitCode::from(kraken_agent::doctor::exit_code(&checks))
+        });
+    }
     let result = runtime.block_on(async {
         let settings = Settings::load(&cli.config).map_err(BootError::from)?;
         match cli.command {
@@ -57,7 +89,7 @@ fn main() -> ExitCode {
             Command::Render { out, node, json } => {
                 render_cmd::render(&settings, node.as_deref(), &out, json).await
             }
-            Command::Version => unreachable!("handled above"),
+            Command::Version | Command::Doctor { .. } => unreachable!("handled above"),
         }
     });
     match result {

@@ -149,3 +149,22 @@ impl Nomad {
         }
     }
 }
+
+impl Nomad {
+    /// `/v1/agent/health`: whether this agent's server and/or client half
+    /// is healthy, as the agent itself judges. Needs no token.
+    pub async fn agent_health(&self) -> Result<serde_json::Value, HashiError> {
+        match self.http.get_json("/v1/agent/health").await {
+            Ok(v) => Ok(v),
+            // An unhealthy agent answers 500 with the same document.
+            Err(HashiError::Status {
+                status: 500, body, ..
+            }) => serde_json::from_str(&body).map_err(|e| HashiError::Decode {
+                service: "Nomad",
+                url: "/v1/agent/health".into(),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -32,6 +32,9 @@ pub trait ServiceManager {
     /// through the unit's `ExecReload=`).
     fn reload(&self, unit: &str) -> impl Future<Output = Result<(), StartError>> + Send;
     fn is_active(&self, unit: &str) -> impl Future<Output = Result<bool, StartError>> + Send;
+    /// Read-only: whether the unit is enabled, and its state as systemd
+    /// words it ("active", "failed", "inactive", ...).
+    fn describe(&self, unit: &str) -> impl Future<Output = Result<UnitState, StartError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,15 @@ pub enum StartError {
         waited: Duration,
         last: String,
     },
+}
+
+/// A unit as `doctor` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnitState {
+    pub enabled: String,
+    pub active: String,
+    /// The last lines the unit logged, when it is not active.
+    pub recent_log: Vec<String>,
 }
 
 /// What to do with one service.

@@ -82,6 +82,32 @@ impl ServiceManager for Systemctl {
         self.run_ok(&["reload", unit]).await
     }
 
+    async fn describe(&self, unit: &str) -> Result<crate::UnitState, StartError> {
+        let word =
+            |out: std::process::Output| String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let enabled = word(self.run(&["is-enabled", unit]).await?);
+        let active = word(self.run(&["is-active", unit]).await?);
+        let mut recent_log = Vec::new();
+        if active != "active" {
+            // journalctl sits next to systemctl; its absence is not an error.
+            if let Ok(out) = Command::new("journalctl")
+                .args(["-u", unit, "-n", "5", "--no-pager", "-o", "cat"])
+                .output()
+                .await
+            {
+                recent_log = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+            }
+        }
+        Ok(crate::UnitState {
+            enabled,
+            active,
+            recent_log,
+        })
+    }
+
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
         let out = self.run(&["is-active", "--quiet", unit]).await?;
         Ok(out.status.success())

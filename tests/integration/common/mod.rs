@@ -30,6 +30,8 @@ pub struct AwsEnv {
     pub imds: String,
     pub access_key: String,
     pub secret_key: String,
+    /// `AWS_ENDPOINT_URL_EC2`: EC2 alone elsewhere.
+    pub ec2_endpoint: Option<String>,
 }
 
 impl AwsEnv {
@@ -39,6 +41,7 @@ impl AwsEnv {
             imds: imds.into(),
             access_key: "testing".into(),
             secret_key: "testing".into(),
+            ec2_endpoint: None,
         }
     }
 
@@ -57,6 +60,10 @@ impl AwsEnv {
             .env("AWS_ACCESS_KEY_ID", &self.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
             .env("KRAKEN_LOG", "info");
+        match &self.ec2_endpoint {
+            Some(ec2) => cmd.env("AWS_ENDPOINT_URL_EC2", ec2),
+            None => cmd.env_remove("AWS_ENDPOINT_URL_EC2"),
+        };
     }
 }
 
