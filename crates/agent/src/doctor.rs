@@ -141,8 +141,15 @@ pub async fn doctor(settings: &Settings) -> Vec<Check> {
             checks.push(Check::ok(
                 "imds",
                 format!(
-                    "{} {} in {} (tags from {:?})",
-                    id.instance_id, id.private_ipv4, id.availability_zone, id.tags_source
+                    "{} {} in {} (tags from {})",
+                    id.instance_id,
+                    id.private_ipv4,
+                    id.availability_zone,
+                    match id.tags_source {
+                        kraken_identity::TagsSource::InstanceMetadata => "instance metadata",
+                        kraken_identity::TagsSource::DescribeInstances => "ec2:DescribeInstances",
+                        kraken_identity::TagsSource::NodeFile => "a node file",
+                    }
                 ),
             ));
             Some(id)

@@ -2,6 +2,8 @@
 //! pointing at moto and the fake IMDS, and instances launched in moto.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;

@@ -1,0 +1,216 @@
+//! One node booted by `kraken-agent run` until `READY=1`: moto as EC2 and
+//! SSM, the project's IMDS, real Consul and Nomad started through the
+//! `systemctl` shim, the notify protocol read off a real socket.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kraken_fake_imds::{FakeImds, FakeImdsHandle};
+use kraken_testkit::{LoopbackAddrs, Moto, TestDir, consul_bin, nomad_bin};
+
+use super::*;
+
+/// Kills whatever the shim started, whatever happens to the test.
+pub struct Units(std::path::PathBuf);
+
+impl Drop for Units {
+    fn drop(&mut self) {
+        for unit in ["consul.service", "nomad.service"] {
+            if let Ok(pid) = std::fs::read_to_string(self.0.join(format!("{unit}.pid"))) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+pub fn settings(ip: std::net::Ipv4Addr, dir: &Path) -> String {
+    format!(
+        r#"
+[paths]
+consul_config_dir = "{d}/consul.d"
+nomad_config_dir = "{d}/nomad.d"
+docker_daemon_json = "{d}/docker/daemon.json"
+consul_data_dir = "{d}/consul-data"
+nomad_data_dir = "{d}/nomad-data"
+status_dir = "{d}/run"
+
+[consul]
+http_addr = "http://{ip}:8500"
+client_addr = "{ip}"
+user = "root"
+group = "root"
+
+[nomad]
+http_addr = "http://{ip}:4646"
+bind_addr = "{ip}"
+
+[discovery]
+refresh_secs = 2
+retry_min_secs = 1
+retry_max_secs = 2
+
+[start]
+systemctl = "{shim}"
+answer_timeout_secs = 60
+leader_timeout_secs = 120
+"#,
+        d = dir.display(),
+        shim = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/integration/systemctl-shim.sh")
+            .display()
+    )
+}
+
+pub struct Node {
+    pub moto: Moto,
+    pub imds: FakeImdsHandle,
+    pub ip: std::net::Ipv4Addr,
+    pub id: String,
+    pub config: PathBuf,
+    pub child: tokio::process::Child,
+    pub messages: Vec<String>,
+    pub ready_after: Duration,
+    _units: Units,
+    // Last: removed after the processes above are gone.
+    pub dir: TestDir,
+}
+
+impl Node {
+    pub fn env(&self) -> AwsEnv {
+        AwsEnv::new(&self.moto.endpoint(), &self.imds.endpoint())
+    }
+
+    /// `kraken-agent ARGS` as this node's systemd would run it.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(agent_bin());
+        self.env().apply(&mut cmd);
+        let d = self.dir.path();
+        cmd.env("KRAKEN_CONFIG", &self.config)
+            .env("KRAKEN_SHIM_DIR", d)
+            .env(
+                "KRAKEN_SHIM_consul_service",
+                format!(
+                    "{} agent -config-dir={}/consul.d",
+                    consul_bin().display(),
+                    d.display()
+                ),
+            )
+            .env(
+                "KRAKEN_SHIM_nomad_service",
+                format!(
+                    "env -u AWS_CA_BUNDLE {} agent -config={}/nomad.d",
+                    nomad_bin().display(),
+                    d.display()
+                ),
+            )
+            .args(args);
+        cmd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
+    }
+
+    pub fn shim(&self, args: &[&str]) {
+        let ok = std::process::Command::new(shim_path())
+            .env("KRAKEN_SHIM_DIR", self.dir.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success() || args[0] == "stop", "shim {args:?}");
+    }
+}
+
+pub fn shim_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/integration/systemctl-shim.sh")
+}
+
+/// Boots a Consul+Nomad server node of cluster "solo" (1 expected server
+/// of each) and waits for `READY=1`. IMDS does not answer for the first
+/// `imds_outage`.
+pub async fn boot(imds_outage: Duration) -> Node {
+    let ip = LoopbackAddrs::allocate(1)[0];
+    let [_, b, c, _] = ip.octets();
+    let moto = Moto::start().await;
+    let ec2 = ec2(&moto.endpoint()).await;
+    let subnet = loopback_subnet(&ec2, b, c).await;
+    let node_tags = tags(&[
+        ("kraken:cluster", "solo"),
+        ("kraken:roles", "consul-server,nomad-server"),
+        ("kraken:consul-servers", "1"),
+        ("kraken:nomad-servers", "1"),
+    ]);
+    let (id, launched_ip) = launch(&ec2, &node_tags, Some((&subnet, ip))).await;
+    assert_eq!(launched_ip, ip);
+    let imds = FakeImds::start(
+        "127.0.0.1:0".parse().unwrap(),
+        instance_data(&id, ip, node_tags),
+    )
+    .await
+    .unwrap();
+
+    let dir = TestDir::new("node");
+    let units = Units(dir.path().to_owned());
+    let config = dir.path().join("agent.toml");
+    // Short IMDS timeouts so an outage costs seconds, not minutes.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n",
+            settings(ip, dir.path())
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+
+    let mut node = Node {
+        moto,
+        imds,
+        ip,
+        id,
+        config,
+        child: tokio::process::Command::new("true").spawn().unwrap(),
+        messages: Vec::new(),
+        ready_after: Duration::ZERO,
+        _units: units,
+        dir,
+    };
+    let mut cmd = node.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .stdout(std::fs::File::create(node.dir.path().join("agent.log")).unwrap())
+        .stderr(std::fs::File::create(node.dir.path().join("agent.err")).unwrap());
+    let started = Instant::now();
+    if !imds_outage.is_zero() {
+        node.imds.set_hang(true);
+    }
+    node.child = tokio::process::Command::from(cmd).spawn().unwrap();
+    tokio::time::sleep(imds_outage).await;
+    node.imds.set_hang(false);
+
+    let mut buf = vec![0u8; 4096];
+    let messages = &mut node.messages;
+    let ready = tokio::time::timeout(Duration::from_secs(240), async {
+        loop {
+            let n = notify.recv(&mut buf).await.unwrap();
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == "READY=1");
+            messages.push(msg);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "no READY=1; messages {:?}\n{}",
+        node.messages,
+        node.log()
+    );
+    node.ready_after = started.elapsed();
+    node
+}
