@@ -141,7 +141,7 @@ async fn every_page_is_followed() {
         .await;
     }
     let calls = kraken_aws::ApiCalls::default();
-    let sdk = aws_config_for(&moto.endpoint()).await;
+    let sdk = sdk_for(&moto.endpoint(), TEST_KEY).await;
     let source = kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls)
         .with_page_size(5);
     let peers = kraken_discovery::PeerSource::discover(&source, "big")
@@ -149,17 +149,6 @@ async fn every_page_is_followed() {
         .unwrap();
     assert_eq!(peers.consul_servers.len(), 12);
     assert!(source.api_calls() >= 3, "{} calls", source.api_calls());
-}
-
-async fn aws_config_for(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,33 +235,7 @@ async fn ec2_access_denied_names_the_action_to_grant() {
     // moto enforces IAM from the fourth request on: the first three create
     // a user whose policy allows nothing but sts.
     let moto = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
-    let iam = aws_sdk_iam::Client::from_conf(
-        aws_sdk_iam::config::Builder::new()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new(REGION))
-            .endpoint_url(moto.endpoint())
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build(),
-    );
-    iam.create_user().user_name("node").send().await.unwrap();
-    iam.put_user_policy()
-        .user_name("node")
-        .policy_name("nothing-useful")
-        .policy_document(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:GetCallerIdentity","Resource":"*"}]}"#,
-        )
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("node")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
+    let (key_id, key_secret) = restricted_user(&moto.endpoint(), "sts:GetCallerIdentity").await;
 
     let imds = FakeImds::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -286,8 +249,8 @@ async fn ec2_access_denied_names_the_action_to_grant() {
     .unwrap();
     let dir = TestDir::new("denied");
     let mut env = AwsEnv::new(&moto.endpoint(), &imds.endpoint());
-    env.access_key = key.access_key_id().to_owned();
-    env.secret_key = key.secret_access_key().to_owned();
+    env.access_key = key_id;
+    env.secret_key = key_secret.clone();
     let out = agent(
         &env,
         "",
@@ -298,7 +261,7 @@ async fn ec2_access_denied_names_the_action_to_grant() {
     assert_eq!(out.status.code(), Some(77), "{t}");
     assert!(t.contains("ec2:DescribeInstances was denied"), "{t}");
     assert!(t.contains("grant ec2:DescribeInstances"), "{t}");
-    assert!(!t.contains(key.secret_access_key()), "secret leaked: {t}");
+    assert!(!t.contains(&key_secret), "secret leaked: {t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +398,7 @@ async fn too_few_servers_means_looking_again_not_failing() {
     )
     .unwrap();
     let calls = kraken_aws::ApiCalls::default();
-    let sdk = aws_config_for(&moto.endpoint()).await;
+    let sdk = sdk_for(&moto.endpoint(), TEST_KEY).await;
     let source = kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
     let statuses = std::sync::Mutex::new(Vec::new());
     let mut backoff = kraken_discovery::Backoff::new(

@@ -66,25 +66,11 @@ fn settings() -> Settings {
 }
 
 async fn store(moto: &Moto, cluster: &str) -> Store {
-    store_at(&moto.endpoint(), cluster, ("testing", "testing")).await
+    moto_store(&moto.endpoint(), cluster, TEST_KEY).await
 }
 
-async fn store_at(endpoint: &str, cluster: &str, (key, secret): (&str, &str)) -> Store {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            key, secret, None, None, "test",
-        ))
-        .load()
-        .await;
-    Store::from_settings(
-        &settings().secrets,
-        cluster,
-        &sdk,
-        &kraken_aws::ApiCalls::default(),
-    )
-    .unwrap()
+async fn store_at(endpoint: &str, cluster: &str, key: (&str, &str)) -> Store {
+    moto_store(endpoint, cluster, key).await
 }
 
 /// Three Consul servers rendered and started as `run` would, each with the
@@ -578,39 +564,8 @@ async fn ssm_access_denied_is_named_and_does_no_damage() {
     // A second moto that enforces IAM from its 4th request: a node whose
     // role may not write the secret store.
     let strict = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
-    let iam = aws_sdk_iam::Client::from_conf(
-        aws_sdk_iam::config::Builder::new()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new(REGION))
-            .endpoint_url(strict.endpoint())
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build(),
-    );
-    iam.create_user().user_name("node").send().await.unwrap();
-    iam.put_user_policy()
-        .user_name("node")
-        .policy_name("read-only")
-        .policy_document(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ssm:GetParameter","Resource":"*"}]}"#,
-        )
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("node")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let denied = store_at(
-        &strict.endpoint(),
-        &c.cluster,
-        (key.access_key_id(), key.secret_access_key()),
-    )
-    .await;
+    let (key_id, key_secret) = restricted_user(&strict.endpoint(), "ssm:GetParameter").await;
+    let denied = store_at(&strict.endpoint(), &c.cluster, (&key_id, &key_secret)).await;
     let err = c.participant_with(0, None, &denied).await.unwrap_err();
     let text = err.to_string();
     assert!(!err.is_transient(), "{text}");

@@ -235,21 +235,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
 }
 
 async fn secret_store(node: &Node) -> kraken_secrets::Store {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(node.moto.endpoint())
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    kraken_secrets::Store::from_settings(
-        &Default::default(),
-        "solo",
-        &sdk,
-        &kraken_aws::ApiCalls::default(),
-    )
-    .unwrap()
+    moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await
 }
 
 /// Runs doctor on a "node" that is only IMDS + AWS: for faults that need
@@ -268,31 +254,7 @@ async fn doctor_with(env: &AwsEnv, settings: &str, dir: &std::path::Path) -> (i3
 async fn doctor_names_denied_ec2_permissions() {
     // moto enforces IAM from the 4th request: a user allowed nothing useful.
     let moto = kraken_testkit::Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
-    let iam = aws_sdk_iam::Client::from_conf(
-        aws_sdk_iam::config::Builder::new()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new(REGION))
-            .endpoint_url(moto.endpoint())
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build(),
-    );
-    iam.create_user().user_name("node").send().await.unwrap();
-    iam.put_user_policy()
-        .user_name("node")
-        .policy_name("nothing-useful")
-        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:GetCallerIdentity","Resource":"*"}]}"#)
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("node")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
+    let (key_id, key_secret) = restricted_user(&moto.endpoint(), "sts:GetCallerIdentity").await;
     let imds = kraken_fake_imds::FakeImds::start(
         "127.0.0.1:0".parse().unwrap(),
         instance_data(
@@ -305,8 +267,8 @@ async fn doctor_names_denied_ec2_permissions() {
     .unwrap();
     let dir = kraken_testkit::TestDir::new("doctor-denied");
     let mut env = AwsEnv::new(&moto.endpoint(), &imds.endpoint());
-    env.access_key = key.access_key_id().to_owned();
-    env.secret_key = key.secret_access_key().to_owned();
+    env.access_key = key_id;
+    env.secret_key = key_secret;
     let (code, checks) = doctor_with(&env, "", dir.path()).await;
     let c = check(&checks, "aws");
     assert_eq!(c["level"], "fail", "{c:#}");

@@ -135,3 +135,22 @@ fn hostile_tag_values_still_validate_and_keep_their_value() {
     let nomad = std::fs::read_to_string(out.join("nomad.hcl")).unwrap();
     assert!(!nomad.contains("plugin \"raw_exec\" {\n"), "{nomad}");
 }
+
+/// The golden files include a node rendered with every secret present (as
+/// `run` renders it): those pass the validators too.
+#[test]
+fn golden_files_pass_the_real_validators() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../render/tests/golden");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(&golden).unwrap() {
+        let dir = dir.unwrap().path();
+        let tmp = TestDir::new("golden");
+        // The validators read the file names the agent installs.
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, tmp.path().join(file.file_name().unwrap())).unwrap();
+        }
+        checked += validate(tmp.path(), &dir.display().to_string());
+    }
+    assert!(checked >= 15, "only {checked} files validated");
+}

@@ -135,15 +135,7 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
 
 /// Every parameter value moto's SSM holds, decrypted.
 async fn all_secrets(endpoint: &str) -> Vec<String> {
-    let conf = aws_sdk_ssm::config::Builder::new()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    let ssm = aws_sdk_ssm::Client::from_conf(conf);
+    let ssm = aws_sdk_ssm::Client::new(&sdk_for(endpoint, TEST_KEY).await);
     let out = ssm
         .get_parameters_by_path()
         .path("/kraken")

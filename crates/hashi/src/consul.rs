@@ -230,17 +230,7 @@ impl Consul {
                 SessionBehavior::Delete => "delete",
             },
         });
-        let path = "/v1/session/create";
-        let (_, _, resp) = self
-            .http
-            .send(
-                Method::PUT,
-                path,
-                Some(body.to_string().into_bytes()),
-                DEFAULT_TIMEOUT,
-            )
-            .await?;
-        let created: Created = self.http.decode(path, &resp)?;
+        let created: Created = self.http.put_json("/v1/session/create", &body).await?;
         Ok(created.id)
     }
 
@@ -351,17 +341,8 @@ impl Consul {
         }
         let body = serde_json::json!({ "Name": name, "Description": description, "Rules": rules });
         let path = "/v1/acl/policy";
-        match self
-            .http
-            .send(
-                Method::PUT,
-                path,
-                Some(body.to_string().into_bytes()),
-                DEFAULT_TIMEOUT,
-            )
-            .await
-        {
-            Ok((_, _, resp)) => self.http.decode(path, &resp),
+        match self.http.put_json(path, &body).await {
+            Ok(policy) => Ok(policy),
             // Someone else created it between our read and our write.
             Err(HashiError::Status { body, .. }) if body.contains("already exists") => self
                 .acl_policy_by_name(name)
@@ -397,18 +378,8 @@ impl Consul {
             "Description": description,
             "Policies": policies.iter().map(|p| serde_json::json!({ "Name": p })).collect::<Vec<_>>(),
         });
-        let path = "/v1/acl/token";
-        match self
-            .http
-            .send(
-                Method::PUT,
-                path,
-                Some(body.to_string().into_bytes()),
-                DEFAULT_TIMEOUT,
-            )
-            .await
-        {
-            Ok((_, _, resp)) => self.http.decode(path, &resp).map(Some),
+        match self.http.put_json("/v1/acl/token", &body).await {
+            Ok(token) => Ok(Some(token)),
             Err(HashiError::Status { body, .. })
                 if body.contains("already in use") || body.contains("already exists") =>
             {
@@ -429,17 +400,9 @@ impl Consul {
             "Description": description,
             "Policies": policies.iter().map(|p| serde_json::json!({ "Name": p })).collect::<Vec<_>>(),
         });
-        let path = format!("/v1/acl/token/{accessor_id}");
-        let (_, _, resp) = self
-            .http
-            .send(
-                Method::PUT,
-                &path,
-                Some(body.to_string().into_bytes()),
-                DEFAULT_TIMEOUT,
-            )
-            .await?;
-        self.http.decode(&path, &resp)
+        self.http
+            .put_json(&format!("/v1/acl/token/{accessor_id}"), &body)
+            .await
     }
 
     pub async fn acl_token_read(&self, accessor_id: &str) -> Result<AclToken, HashiError> {

@@ -173,6 +173,23 @@ impl Http {
         self.decode(path, &body)
     }
 
+    /// PUTs a JSON body and decodes the JSON answer.
+    pub(crate) async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, HashiError> {
+        let (_, _, resp) = self
+            .send(
+                Method::PUT,
+                path,
+                Some(body.to_string().into_bytes()),
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        self.decode(path, &resp)
+    }
+
     pub(crate) fn decode<T: DeserializeOwned>(
         &self,
         path: &str,

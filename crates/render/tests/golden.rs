@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
 use kraken_intent::{NodeSpec, Settings};
-use kraken_render::Renderer;
+use kraken_render::{RenderSecrets, Renderer};
+use kraken_secrets::Secret;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -31,17 +32,19 @@ fn examples() -> Vec<PathBuf> {
 }
 
 fn render(path: &Path, settings: &Settings) -> BTreeMap<String, String> {
+    render_with(path, settings, &RenderSecrets::default())
+}
+
+fn render_with(
+    path: &Path,
+    settings: &Settings,
+    secrets: &RenderSecrets,
+) -> BTreeMap<String, String> {
     let node: NodeFile = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let spec = NodeSpec::from_tags(&node.identity.tags, &settings.intent).unwrap();
     Renderer::new(None)
         .unwrap()
-        .render(
-            &node.identity,
-            &spec,
-            &node.peers,
-            settings,
-            &Default::default(),
-        )
+        .render(&node.identity, &spec, &node.peers, settings, secrets)
         .unwrap()
         .into_iter()
         .map(|f| (f.file_name().to_owned(), f.contents))
@@ -53,10 +56,32 @@ fn examples_match_golden_files() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut checked = 0;
-    for example in examples() {
-        let name = example.file_stem().unwrap().to_string_lossy().into_owned();
+    // Every example without secrets (as `render --node` writes it), and the
+    // all-roles node once more with every secret present (as `run` does).
+    let fake = |s: &str| Some(Secret::new(s));
+    let secrets = RenderSecrets {
+        gossip_key: fake("a3Jha2VuIGdvbGRlbiBmaWxlLCBub3QgYSBrZXkhISE="),
+        initial_management: fake("00000000-1111-2222-3333-444444444444"),
+        consul_agent: fake("55555555-6666-7777-8888-999999999999"),
+        nomad_consul: fake("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+    };
+    let mut cases: Vec<(String, BTreeMap<String, String>)> = examples()
+        .iter()
+        .map(|e| {
+            let name = e.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, render(e, &Settings::default()))
+        })
+        .collect();
+    let single = examples()
+        .into_iter()
+        .find(|e| e.ends_with("single-node.toml"))
+        .unwrap();
+    cases.push((
+        "single-node-with-secrets".into(),
+        render_with(&single, &Settings::default(), &secrets),
+    ));
+    for (name, rendered) in cases {
         let dir = golden.join(&name);
-        let rendered = render(&example, &Settings::default());
         if update {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
@@ -80,7 +105,7 @@ fn examples_match_golden_files() {
             checked += 1;
         }
     }
-    assert!(checked >= 12, "only {checked} files checked");
+    assert!(checked >= 15, "only {checked} files checked");
 }
 
 #[test]

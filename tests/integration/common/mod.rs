@@ -89,15 +89,7 @@ pub fn text(out: &Output) -> String {
 }
 
 pub async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
-    let conf = aws_sdk_ec2::config::Builder::new()
-        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-        .region(aws_sdk_ec2::config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
+    aws_sdk_ec2::Client::new(&sdk_for(endpoint, TEST_KEY).await)
 }
 
 /// A subnet in moto whose addresses are the loopback addresses tests bind,
@@ -239,4 +231,59 @@ pub async fn throttling_proxy(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, seen)
+}
+
+/// SDK config for moto at `endpoint`, with the given access key pair.
+pub async fn sdk_for(endpoint: &str, (key, secret): (&str, &str)) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            key, secret, None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+/// The test account's key pair moto accepts when it does not enforce IAM.
+pub const TEST_KEY: (&str, &str) = ("testing", "testing");
+
+/// A secret store on moto's SSM, as the agent builds it.
+pub async fn moto_store(endpoint: &str, cluster: &str, key: (&str, &str)) -> kraken_secrets::Store {
+    let sdk = sdk_for(endpoint, key).await;
+    kraken_secrets::Store::from_settings(
+        &Default::default(),
+        cluster,
+        &sdk,
+        &kraken_aws::ApiCalls::default(),
+    )
+    .unwrap()
+}
+
+/// Creates an IAM user allowed only `action` on a moto started with
+/// `INITIAL_NO_AUTH_ACTION_COUNT=3` (moto enforces IAM from the fourth
+/// request: these three make the user); returns its key pair.
+pub async fn restricted_user(endpoint: &str, action: &str) -> (String, String) {
+    let iam = aws_sdk_iam::Client::new(&sdk_for(endpoint, TEST_KEY).await);
+    iam.create_user().user_name("node").send().await.unwrap();
+    iam.put_user_policy()
+        .user_name("node")
+        .policy_name("only-one-action")
+        .policy_document(format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"*"}}]}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name("node")
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    (
+        key.access_key_id().to_owned(),
+        key.secret_access_key().to_owned(),
+    )
 }

@@ -37,4 +37,7 @@ acl {
   enabled                  = true
   default_policy           = "deny"
   enable_token_persistence = true
+
+  tokens {
+  }
 }

@@ -32,4 +32,7 @@ acl {
   enabled                  = true
   default_policy           = "deny"
   enable_token_persistence = true
+
+  tokens {
+  }
 }

@@ -1,0 +1,62 @@
+# Rendered by kraken-agent 0.1.0 for i-0000000000000001 (consul-server,nomad-server,nomad-client) of cluster dev.
+# It is rewritten at every boot: change the instance tags, /etc/kraken/agent.toml
+# or a template override instead of this file.
+
+name       = "i-0000000000000001"
+region     = "global"
+datacenter = "dc1"
+data_dir   = "/opt/nomad"
+bind_addr  = "0.0.0.0"
+log_level  = "INFO"
+
+disable_update_check = true
+
+advertise {
+  http = "10.9.0.5"
+  rpc  = "10.9.0.5"
+  serf = "10.9.0.5"
+}
+
+server {
+  enabled          = true
+  bootstrap_expect = 1
+
+  server_join {
+    retry_join     = ["10.9.0.5"]
+    retry_interval = "15s"
+  }
+}
+
+client {
+  enabled = true
+  node_class = "generic"
+
+  server_join {
+    retry_join     = ["10.9.0.5"]
+    retry_interval = "15s"
+  }
+
+  meta {
+    "kraken.cluster" = "dev"
+    "kraken.instance_id" = "i-0000000000000001"
+  }
+}
+
+plugin "docker" {
+  config {
+    allow_privileged = false
+
+    volumes {
+      enabled = false
+    }
+  }
+}
+
+consul {
+  address = "127.0.0.1:8500"
+  token   = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+}
+
+acl {
+  enabled = true
+}
