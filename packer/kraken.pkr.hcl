@@ -144,8 +144,10 @@ source "amazon-ebs" "kraken" {
     http_put_response_hop_limit = 1
     instance_metadata_tags      = "enabled"
   }
-  # Instances launched from the AMI default to IMDSv2 only, even without a
-  # launch template that says so.
+  # Instances launched from the AMI require IMDSv2 by default, even without
+  # a launch template that says so (AWS then defaults their hop limit to 2;
+  # launch templates should set 1, see docs/image.md). The agent only ever
+  # uses IMDSv2.
   imds_support = "v2.0"
 
   launch_block_device_mappings {

@@ -187,7 +187,10 @@ pub async fn boot(imds_outage: Duration) -> Node {
     if !imds_outage.is_zero() {
         node.imds.set_hang(true);
     }
-    node.child = tokio::process::Command::from(cmd).spawn().unwrap();
+    node.child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     tokio::time::sleep(imds_outage).await;
     node.imds.set_hang(false);
 
