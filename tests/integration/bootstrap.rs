@@ -469,6 +469,7 @@ async fn a_deleted_lock_key_stops_the_holder_before_its_next_step() {
         "node-a",
         &lease(),
         || async { Ok(false) },
+        &Default::default(),
     )
     .await
     .unwrap()

@@ -7,7 +7,7 @@
 //! the lock key (Consul blocking queries), not on a timer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use kraken_hashi::{Consul, HashiError, SessionBehavior};
@@ -43,8 +43,9 @@ pub struct Lease {
     session: String,
     lost: Arc<AtomicBool>,
     renewer: JoinHandle<()>,
-    /// Consul API calls made for the lease, for the figures.
-    pub calls: u64,
+    /// Consul API calls made for the lease, for the figures; shared with
+    /// the caller so that a wait that ends without the lease counts too.
+    calls: Arc<AtomicU64>,
 }
 
 impl Drop for Lease {
@@ -63,12 +64,12 @@ impl Lease {
         holder: &str,
         settings: &LeaseSettings,
         mut should_stop: F,
+        calls: &Arc<AtomicU64>,
     ) -> Result<Option<Lease>, BootstrapError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<bool, BootstrapError>>,
     {
-        let mut calls = 0u64;
         let session = consul
             .session_create(
                 &format!("kraken bootstrap lease of {holder}"),
@@ -78,7 +79,7 @@ impl Lease {
             )
             .await
             .map_err(BootstrapError::consul("create the lease session"))?;
-        calls += 1;
+        calls.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = spawn_renewer(consul.clone(), session.clone(), settings.ttl, lost.clone());
         let mut lease = Lease {
@@ -87,7 +88,7 @@ impl Lease {
             session,
             lost,
             renewer,
-            calls,
+            calls: calls.clone(),
         };
         let mut index = 0;
         loop {
@@ -95,7 +96,7 @@ impl Lease {
                 lease.release().await;
                 return Ok(None);
             }
-            lease.calls += 1;
+            lease.calls.fetch_add(1, Ordering::Relaxed);
             match consul
                 .kv_acquire(key, &lease.session, holder.as_bytes())
                 .await
@@ -119,7 +120,7 @@ impl Lease {
             }
             // Held by someone else, or in its lock-delay: block until the
             // key changes (or the wait ends), then try again.
-            lease.calls += 1;
+            lease.calls.fetch_add(1, Ordering::Relaxed);
             match consul.kv_get(key, Some((index, settings.wait))).await {
                 Ok((pair, new_index)) => {
                     let free = pair.as_ref().is_none_or(|p| p.session.is_none());
@@ -151,7 +152,7 @@ impl Lease {
     /// precondition of every bootstrap step.
     pub async fn check(&mut self) -> Result<(), BootstrapError> {
         if !self.is_lost() {
-            self.calls += 1;
+            self.calls.fetch_add(1, Ordering::Relaxed);
             match self.consul.kv_get(&self.key, None).await {
                 Ok((Some(pair), _)) if pair.session.as_deref() == Some(self.session.as_str()) => {
                     return Ok(());
@@ -182,7 +183,7 @@ impl Lease {
         self.renewer.abort();
         let _ = self.consul.kv_release(&self.key, &self.session).await;
         let _ = self.consul.session_destroy(&self.session).await;
-        self.calls += 2;
+        self.calls.fetch_add(2, Ordering::Relaxed);
     }
 }
 

@@ -238,17 +238,24 @@ impl Bootstrap<'_> {
         if state.phase_done(phase) {
             return Ok(report);
         }
-        let stop =
-            || async { Ok::<bool, BootstrapError>(self.read_state().await?.0.phase_done(phase)) };
-        let Some(mut lease) = Lease::acquire(
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = || calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = || async {
+            count();
+            Ok::<bool, BootstrapError>(self.read_state().await?.0.phase_done(phase))
+        };
+        let acquired = Lease::acquire(
             &self.consul,
             &self.lock_key(),
             &self.node,
             &self.lease,
             stop,
+            &calls,
         )
-        .await?
-        else {
+        .await;
+        let lease_calls = || calls.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(mut lease) = acquired? else {
+            report.consul_calls += lease_calls();
             return Ok(report);
         };
         report.held_lease = true;
@@ -256,7 +263,7 @@ impl Bootstrap<'_> {
         if result.is_ok() {
             lease.release().await;
         }
-        report.consul_calls += lease.calls;
+        report.consul_calls += lease_calls();
         result.map(|()| report)
     }
 
