@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::node::settings;
 use common::*;
 use kraken_hashi::{Consul, Nomad, SessionBehavior, Token};
 use kraken_start::{Deadlines, ServiceManager, ServiceStep, StartError, StartPlan, start_services};
@@ -86,32 +87,6 @@ impl ServiceManager for Processes {
             .get_mut(unit)
             .is_some_and(|p| p.is_running()))
     }
-}
-
-/// Settings that put one node's services on its own loopback address.
-fn settings(ip: Ipv4Addr, dir: &Path) -> String {
-    format!(
-        r#"
-[paths]
-consul_config_dir = "{d}/consul.d"
-nomad_config_dir = "{d}/nomad.d"
-docker_daemon_json = "{d}/docker/daemon.json"
-consul_data_dir = "{d}/consul-data"
-nomad_data_dir = "{d}/nomad-data"
-status_dir = "{d}/run"
-
-[consul]
-http_addr = "http://{ip}:8500"
-client_addr = "{ip}"
-
-[nomad]
-http_addr = "http://{ip}:4646"
-bind_addr = "{ip}"
-raw_exec = true
-network_interface = "lo"
-"#,
-        d = dir.display()
-    )
 }
 
 fn node_file(

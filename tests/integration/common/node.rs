@@ -26,6 +26,8 @@ impl Drop for Units {
     }
 }
 
+/// Settings that put one node's services on its own loopback address, its
+/// files under `dir`, and its units behind the systemctl shim.
 pub fn settings(ip: std::net::Ipv4Addr, dir: &Path) -> String {
     format!(
         r#"
@@ -46,6 +48,8 @@ group = "root"
 [nomad]
 http_addr = "http://{ip}:4646"
 bind_addr = "{ip}"
+raw_exec = true
+network_interface = "lo"
 
 [discovery]
 refresh_secs = 2
