@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kraken_discovery::{Ec2Peers, Peers};
-use kraken_hashi::{Consul, Nomad};
+use kraken_hashi::{Consul, Nomad, Token};
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Settings};
 use kraken_ready::{Notifier, Status, StatusFile};
@@ -79,6 +79,9 @@ struct Converged {
     spec: NodeSpec,
     peers: Peers,
     ec2: Ec2Peers,
+    /// Nomad's management token, on Nomad servers: `agent/join` needs
+    /// `agent:write` once ACLs are on.
+    nomad_token: Option<kraken_secrets::Secret>,
 }
 
 impl Agent {
@@ -283,11 +286,18 @@ impl Agent {
         }
         self.step("tokens", serde_json::json!({ "installed": true }));
         self.secrets = secrets;
+        let nomad_token = if spec.has(kraken_intent::Role::NomadServer) {
+            kraken_secrets::SecretStore::get(&store, kraken_secrets::names::NOMAD_MANAGEMENT)
+                .await?
+        } else {
+            None
+        };
         Ok(Converged {
             identity,
             spec,
             peers,
             ec2,
+            nomad_token,
         })
     }
 
@@ -297,8 +307,18 @@ impl Agent {
     /// membership by gossip, the file only matters at their next start.
     async fn watch(&mut self, mut node: Converged) -> Result<(), BootError> {
         let settings = self.settings.clone();
-        let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
-        let nomad = Nomad::new(&settings.nomad.http_addr, None).map_err(start_err)?;
+        // `agent/join` needs `agent:write` under default-deny ACLs: the
+        // management tokens on servers, the agent token elsewhere.
+        let token = |s: Option<&kraken_secrets::Secret>| s.map(|t| Token::new(t.expose()));
+        let consul_token = token(
+            self.secrets
+                .initial_management
+                .as_ref()
+                .or(self.secrets.consul_agent.as_ref()),
+        );
+        let consul = Consul::new(&settings.consul.http_addr, consul_token).map_err(start_err)?;
+        let nomad = Nomad::new(&settings.nomad.http_addr, token(node.nomad_token.as_ref()))
+            .map_err(start_err)?;
         let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
         loop {
             tokio::time::sleep(period).await;
