@@ -633,7 +633,7 @@ async fn units_check<M: ServiceManager>(
     settings: &Settings,
 ) -> Check {
     let mut units = vec![settings.consul.unit.as_str()];
-    if spec.has(Role::NomadClient) {
+    if settings.runs_docker(spec) {
         units.push(settings.docker.unit.as_str());
     }
     if spec.runs_nomad() {
@@ -918,7 +918,7 @@ async fn bootstrap_check(
 /// disk, OOM kills.
 async fn host_checks(settings: &Settings, spec: Option<&NodeSpec>, checks: &mut Vec<Check>) {
     checks.push(tls_check(settings));
-    if spec.is_none_or(|s| s.has(Role::NomadClient)) {
+    if spec.is_none_or(|s| settings.runs_docker(s)) {
         checks.push(docker_disk_check(settings));
     }
     checks.push(oom_check());

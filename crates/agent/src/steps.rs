@@ -303,7 +303,7 @@ pub fn start_plan(
             config_changed: changed(Service::Consul),
         },
         consul_server: spec.has(Role::ConsulServer),
-        docker: spec.has(Role::NomadClient).then(|| ServiceStep {
+        docker: settings.runs_docker(spec).then(|| ServiceStep {
             unit: settings.docker.unit.clone(),
             config_changed: changed(Service::Docker),
         }),

@@ -24,6 +24,12 @@ pub struct Settings {
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
 
 impl Settings {
+    /// Whether this node configures and runs Docker: Nomad clients do,
+    /// unless `[docker] enabled = false`.
+    pub fn runs_docker(&self, spec: &crate::NodeSpec) -> bool {
+        self.docker.enabled && spec.has(crate::Role::NomadClient)
+    }
+
     /// Reads the file; a missing file at the default path means "all
     /// defaults" (a plain AMI needs no file), anywhere else it is an error.
     pub fn load(path: &Path) -> Result<Settings, SettingsError> {
@@ -259,6 +265,10 @@ pub enum DockerLogDriver {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerSettings {
+    /// Whether `nomad-client` nodes configure and start Docker. Off for
+    /// clients whose jobs use only `exec`/`raw_exec` (the local VM cluster,
+    /// whose image has no Docker engine).
+    pub enabled: bool,
     pub log_driver: DockerLogDriver,
     /// json-file rotation: size of one file before rotation.
     pub log_max_size: String,
@@ -270,6 +280,7 @@ pub struct DockerSettings {
 impl Default for DockerSettings {
     fn default() -> Self {
         DockerSettings {
+            enabled: true,
             log_driver: DockerLogDriver::JsonFile,
             log_max_size: "50m".into(),
             log_max_files: 5,

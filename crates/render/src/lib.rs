@@ -195,7 +195,7 @@ impl Renderer {
                     &settings.nomad.group,
                     0o640,
                 ),
-                Service::Docker if spec.has(Role::NomadClient) => (
+                Service::Docker if settings.runs_docker(spec) => (
                     settings.paths.docker_daemon_json.clone(),
                     &"root".to_owned(),
                     &"root".to_owned(),

@@ -28,6 +28,9 @@ impl Systemctl {
         let command = format!("{} {}", self.program, args.join(" "));
         let out = Command::new(&self.program)
             .args(args)
+            // Our notify socket is for us: systemd ignores (and logs) any
+            // message from another PID, which systemctl's helpers would send.
+            .env_remove("NOTIFY_SOCKET")
             .output()
             .await
             .map_err(|e| StartError::Command {

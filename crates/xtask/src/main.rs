@@ -26,8 +26,15 @@ usage: cargo xtask <command>
 commands:
   deps               build/install the test peers (consul, nomad, moto) into the
                      cache and print `export` lines: eval \"$(cargo xtask deps)\"
-  test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings and
-                     cargo test --workspace [ARGS...], with the peers' env set
+  test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings,
+                     cargo test --workspace [ARGS...] with the peers' env set,
+                     and `cluster test`
+  cluster up [--topology small|seed]
+                     build the local image and boot the cluster in nspawn VMs,
+                     deploy the web job and print its answers; leaves it running
+  cluster status     check the running cluster
+  cluster down       stop it and remove everything it made
+  cluster test       the fault scenario on a fresh small cluster, then down
 
 environment:
   KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Some("test") => test(&args[1..]),
+        Some("cluster") => cluster(&args[1..]),
         Some("help" | "-h" | "--help") => {
             eprintln!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -479,11 +487,122 @@ fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
         }
         eprintln!("xtask: [{name}] ok ({took})");
     }
+    let code = step("cluster test", || cluster_with(&deps, &target, &["test".into()]))?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
     eprintln!(
         "xtask: all checks passed in {}",
         fmt_duration(started.elapsed())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host tools the VM cluster needs (.ci/run installs them).
+const CLUSTER_TOOLS: [(&str, &str); 6] = [
+    ("systemd-nspawn", "systemd-container"),
+    ("debootstrap", "debootstrap"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("journalctl", "systemd"),
+    ("mount", "mount"),
+];
+
+fn cluster(args: &[String]) -> Result<ExitCode> {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => cache_dir()?.join("target"),
+    };
+    let deps = deps()?;
+    cluster_with(&deps, &target, args)
+}
+
+/// Builds what the VMs run (the agent, the fake IMDS, the web service, the
+/// harness) and the image, then runs the harness (tests/cluster).
+fn cluster_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode> {
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    }
+    for (tool, package) in CLUSTER_TOOLS {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()));
+        if !found {
+            bail!("{tool} is not installed: apt-get install {package}");
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = cache_dir()?.join("cluster");
+    fs::create_dir_all(&root)?;
+    let bin = target.join("debug");
+    // Only `up` and `test` boot VMs: `status` and `down` work with what is
+    // running, even if the sources changed since.
+    let boots = matches!(args[0].as_str(), "up" | "test");
+    let mut packages = vec!["kraken-cluster"];
+    if boots {
+        packages.extend(["kraken-agent", "kraken-fake-imds", "kraken-web"]);
+    }
+    step("build the cluster's binaries", || {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "--quiet"])
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", target);
+        for p in &packages {
+            cmd.args(["-p", p]);
+        }
+        let status = cmd.status()?;
+        if !status.success() {
+            bail!("{} failed: {status}", describe(&cmd));
+        }
+        Ok(())
+    })?;
+    let image = root.join("image");
+    if boots {
+        step("the local image", || {
+            // The running VMs' lower layer must not change under them.
+            run_logged(
+                Command::new(bin.join("kraken-cluster"))
+                    .args(harness_paths(deps, &root, &image, &bin))
+                    .arg("down"),
+                &root.join("down.log"),
+            )?;
+            let mut cmd = Command::new("bash");
+            cmd.arg(workspace_root().join("packer/build-local-image.sh"))
+                .arg(&image)
+                .env("KRAKEN_AGENT_BIN", bin.join("kraken-agent"))
+                .env("KRAKEN_CONSUL_BIN", &deps.consul)
+                .env("KRAKEN_NOMAD_BIN", &deps.nomad);
+            capture(&mut cmd).map(drop)
+        })?;
+    }
+    let status = Command::new(bin.join("kraken-cluster"))
+        .args(harness_paths(deps, &root, &image, &bin))
+        .args(args)
+        .status()
+        .context("cannot start kraken-cluster")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+    })
+}
+
+fn harness_paths(deps: &Deps, root: &Path, image: &Path, bin: &Path) -> Vec<std::ffi::OsString> {
+    let path = |p: &Path| p.as_os_str().to_owned();
+    vec![
+        "--root".into(),
+        path(root),
+        "--image".into(),
+        path(image),
+        "--imds-bin".into(),
+        path(&bin.join("kraken-fake-imds")),
+        "--web-bin".into(),
+        path(&bin.join("kraken-web")),
+        "--moto-server".into(),
+        path(&deps.moto_server),
+        "--web-job".into(),
+        path(&workspace_root().join("jobs/web.nomad.hcl")),
+    ]
 }
 
 /// Runs a command with stdout and stderr in `log`; on failure the error

@@ -1,0 +1,141 @@
+//! `kraken-cluster`: the local VM cluster (issue #5). Run it through
+//! `cargo xtask cluster`, which builds the image and the binaries it needs
+//! and passes their paths.
+//!
+//! Every VM is a network namespace with a fake IMDS and systemd-nspawn
+//! booting an overlay of the image; moto is EC2 and SSM. The harness itself
+//! moves into the cluster's hub namespace, so everything it reaches is an
+//! address inside namespaces it made.
+
+mod checks;
+mod cloud;
+mod cluster;
+mod host;
+mod scenario;
+mod topology;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use cluster::{Cluster, Paths};
+use topology::Topology;
+
+#[derive(Parser)]
+#[command(about = "The local kraken cluster: nspawn VMs, moto, fake IMDS")]
+struct Cli {
+    #[command(flatten)]
+    paths: Paths,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the cluster, deploy the web job, print its answers; leave it running.
+    Up {
+        #[arg(long, value_enum, default_value = "small")]
+        topology: Topology,
+    },
+    /// Check the running cluster.
+    Status,
+    /// Stop and remove everything the cluster made.
+    Down,
+    /// The fault scenario on the small topology; always tears down.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Down => {
+            cluster::teardown(&cli.paths);
+            eprintln!("cluster: down");
+            Ok(true)
+        }
+        Command::Status => host::enter_hub().and_then(|()| block_on(status(cli.paths))),
+        Command::Up { topology } => {
+            start(&cli.paths).and_then(|()| block_on(up(cli.paths.clone(), topology)))
+        }
+        Command::Test => {
+            let paths = cli.paths.clone();
+            let outcome = start(&paths).and_then(|()| block_on(test(paths.clone())));
+            // Always, whatever happened (a signal ends `test` with an error).
+            eprintln!("cluster: tearing down");
+            cluster::teardown(&paths);
+            outcome
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cluster: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(paths: &Paths) -> Result<()> {
+    cluster::image_ok(&paths.image)?;
+    Cluster::prepare(paths)
+}
+
+/// The runtime is built only after the process entered the hub namespace,
+/// so that all its threads are in it.
+fn block_on<F: Future<Output = Result<bool>>>(f: F) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = f => r,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        }
+    })
+}
+
+async fn up(paths: Paths, topology: Topology) -> Result<bool> {
+    let mut cluster = Cluster::create(paths, topology).await?;
+    let answers = scenario::up(&mut cluster).await?;
+    scenario::print_answers(&answers);
+    cluster.log(format!(
+        "the {} cluster is up ({} VMs). `cargo xtask cluster status` checks it, \
+         `cargo xtask cluster down` removes it.",
+        topology.name(),
+        cluster.vms.len()
+    ));
+    Ok(true)
+}
+
+async fn status(paths: Paths) -> Result<bool> {
+    let cluster = Cluster::load(paths).await?;
+    for vm in cluster.vms.iter().filter(|v| !v.gone) {
+        let status = vm.agent_status().unwrap_or_default();
+        println!(
+            "{:<10} {:<15} {:<22} {} {}",
+            vm.name, vm.address, vm.instance_id, status.phase, status.message
+        );
+    }
+    let checks = cluster.checks().await;
+    for c in &checks {
+        println!("{c}");
+    }
+    Ok(checks.iter().all(|c| c.ok))
+}
+
+async fn test(paths: Paths) -> Result<bool> {
+    let mut cluster = Cluster::create(paths, Topology::Small).await?;
+    let outcome = scenario::test(&mut cluster).await;
+    if outcome.is_err() {
+        cluster.print_agents();
+    }
+    outcome?;
+    cluster.log("cluster test passed");
+    Ok(true)
+}

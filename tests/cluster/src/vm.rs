@@ -1,0 +1,296 @@
+//! One VM: a network namespace, a fake IMDS inside it, and systemd-nspawn
+//! booting an overlay of the image as PID 1 in that namespace.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::host;
+
+/// Where the web service's binary appears inside every VM (read-only), which
+/// is the job's default `web_binary`.
+pub const WEB_BINARY_IN_VM: &str = "/opt/kraken/bin/kraken-web";
+
+/// What the harness writes into a VM before it boots, as cloud-init would
+/// from user-data on AWS.
+#[derive(Debug, Clone, Default)]
+pub struct UserData {
+    /// /etc/kraken/agent.env: NAME=value lines.
+    pub env: BTreeMap<String, String>,
+    /// /etc/kraken/agent.toml
+    pub agent_toml: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub group: String,
+    pub address: String,
+    pub instance_id: String,
+    pub tags: BTreeMap<String, String>,
+    pub dir: PathBuf,
+    pub nspawn_pid: u32,
+    pub imds_pid: u32,
+    /// When the harness started the VM (Unix seconds, fractional).
+    pub started_at: f64,
+    /// Killed or shut down by the harness.
+    pub gone: bool,
+}
+
+/// The agent's /run/kraken/status.json, the fields the harness reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AgentStatus {
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub message: String,
+    pub converged_unix: Option<u64>,
+    #[serde(default)]
+    pub ec2_api_calls: u64,
+    pub last_error: Option<String>,
+}
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub struct Launch<'a> {
+    pub name: String,
+    pub group: String,
+    pub address: String,
+    pub instance_id: String,
+    pub tags: BTreeMap<String, String>,
+    pub region: &'a str,
+    pub availability_zone: &'a str,
+    pub image: &'a Path,
+    pub vms_dir: &'a Path,
+    pub imds_bin: &'a Path,
+    pub web_bin: &'a Path,
+    pub user_data: &'a UserData,
+}
+
+impl Launch<'_> {
+    pub fn boot(self) -> Result<Vm> {
+        let dir = self.vms_dir.join(&self.name);
+        let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        for d in [&upper, &work, &root] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        host::vm_net_up(&self.name, &self.address)
+            .with_context(|| format!("network of VM {}", self.name))?;
+
+        // The instance as IMDS describes it, with an instance profile whose
+        // credentials the agent's SDK picks up, as on EC2.
+        let imds = serde_json::json!({
+            "instance": {
+                "instance_id": self.instance_id,
+                "private_ipv4": self.address,
+                "region": self.region,
+                "availability_zone": self.availability_zone,
+                "tags": self.tags,
+                "iam_role": {
+                    "name": "kraken-node",
+                    "access_key_id": "AKIAKRAKENCLUSTER",
+                    "secret_access_key": "kraken-cluster-secret",
+                    "token": "kraken-cluster-session",
+                },
+            }
+        });
+        let imds_json = dir.join("imds.json");
+        fs::write(&imds_json, serde_json::to_vec_pretty(&imds)?)?;
+        let netns = host::vm_netns(&self.name);
+        let imds_pid = host::spawn_daemon(
+            Path::new("ip"),
+            &[
+                "netns",
+                "exec",
+                &netns,
+                &self.imds_bin.to_string_lossy(),
+                "--instance",
+                &imds_json.to_string_lossy(),
+            ],
+            &dir.join("imds.log"),
+        )?;
+
+        host::overlay_mount(self.image, &upper, &work, &root)?;
+        write_user_data(&root, &self.name, self.user_data)?;
+
+        let bind_web = format!("--bind-ro={}:{WEB_BINARY_IN_VM}", self.web_bin.display());
+        let started_at = now();
+        let nspawn_pid = host::spawn_daemon(
+            Path::new("env"),
+            &[
+                // The VM gets a cgroup2 tree of its own (no controllers on
+                // this host, whose cgroup v1 controllers nspawn mounts
+                // read-only): Nomad then runs its tasks without cgroups
+                // instead of failing to create /sys/fs/cgroup/memory/nomad.
+                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1",
+                "systemd-nspawn",
+                // No host systemd here: no machined registration, no scope.
+                "--register=no",
+                "--keep-unit",
+                &format!("--network-namespace-path=/run/netns/{netns}"),
+                &format!("--machine={}", self.name),
+                "--console=passive",
+                &bind_web,
+                "-b",
+                "-D",
+                &root.to_string_lossy(),
+            ],
+            &dir.join("console.log"),
+        )?;
+        Ok(Vm {
+            name: self.name,
+            group: self.group,
+            address: self.address,
+            instance_id: self.instance_id,
+            tags: self.tags,
+            dir,
+            nspawn_pid,
+            imds_pid,
+            started_at,
+            gone: false,
+        })
+    }
+}
+
+fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> {
+    let etc_kraken = root.join("etc/kraken");
+    fs::create_dir_all(&etc_kraken)?;
+    let env: String = user_data
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    fs::write(etc_kraken.join("agent.env"), env)?;
+    fs::set_permissions(etc_kraken.join("agent.env"), fs::Permissions::from_mode(0o600))?;
+    fs::write(etc_kraken.join("agent.toml"), &user_data.agent_toml)?;
+    fs::write(root.join("etc/hostname"), format!("{name}\n"))?;
+    // The image has an empty machine-id (90-cleanup.sh), as an AMI does;
+    // systemd would make a transient one. A fixed one per VM gives it a
+    // persistent journal the harness can read after the VM is gone.
+    fs::write(
+        root.join("etc/machine-id"),
+        format!("{:032x}\n", fastrand::u128(1..)),
+    )?;
+    fs::create_dir_all(root.join("var/log/journal"))?;
+    Ok(())
+}
+
+impl Vm {
+    /// The VM's PID 1 as the host sees it.
+    pub fn init_pid(&self) -> Option<u32> {
+        if self.gone || !host::alive(self.nspawn_pid) {
+            return None;
+        }
+        host::first_child(self.nspawn_pid)
+    }
+
+    /// A path inside the running VM, through its init's root.
+    pub fn path(&self, inside: &str) -> Option<PathBuf> {
+        let init = self.init_pid()?;
+        Some(PathBuf::from(format!("/proc/{init}/root{inside}")))
+    }
+
+    pub fn read(&self, inside: &str) -> Option<String> {
+        fs::read_to_string(self.path(inside)?).ok()
+    }
+
+    pub fn agent_status(&self) -> Option<AgentStatus> {
+        serde_json::from_str(&self.read("/run/kraken/status.json")?).ok()
+    }
+
+    /// Runs a command inside the VM (all its namespaces).
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let init = self
+            .init_pid()
+            .with_context(|| format!("VM {} is not running", self.name))?;
+        let init = init.to_string();
+        let mut all = vec!["-t", &init, "-a", "--"];
+        all.extend_from_slice(args);
+        host::run("nsenter", &all)
+    }
+
+    /// The kraken-agent's journal, also after the VM is gone (persistent
+    /// journal in the overlay's upper layer).
+    pub fn agent_journal(&self) -> Result<String> {
+        let dir = self.dir.join("upper/var/log/journal");
+        let machine_id = fs::read_dir(&dir)
+            .with_context(|| format!("no journal in {}", dir.display()))?
+            .flatten()
+            .find(|e| e.path().is_dir())
+            .with_context(|| format!("no journal in {}", dir.display()))?
+            .path();
+        host::run(
+            "journalctl",
+            &[
+                "--directory",
+                &machine_id.to_string_lossy(),
+                "-u",
+                "kraken-agent.service",
+                "-o",
+                "cat",
+                "--no-pager",
+            ],
+        )
+    }
+
+    /// The agent's peak resident set size (VmHWM), in KiB.
+    pub fn agent_peak_rss_kib(&self) -> Option<u64> {
+        let init = self.init_pid()?;
+        let pid_ns = fs::read_link(format!("/proc/{init}/ns/pid")).ok()?;
+        let pids = host::pids_matching("kraken-agent run");
+        pids.into_iter()
+            .filter(|pid| fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == Some(pid_ns.clone()))
+            .filter_map(|pid| {
+                let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .max()
+    }
+
+    /// A power cut: PID 1 of the VM is killed, which kills every process in
+    /// it at once; no shutdown runs, no lease is released.
+    pub fn power_off(&mut self) {
+        if let Some(init) = self.init_pid() {
+            host::signal(init, Signal::SIGKILL);
+        }
+        host::signal(self.nspawn_pid, Signal::SIGKILL);
+        host::wait_gone(self.nspawn_pid, Duration::from_secs(10));
+        self.release();
+    }
+
+    /// A clean shutdown (what terminating an instance does), then the same
+    /// release as a power cut.
+    pub fn shutdown(&mut self) {
+        host::signal(self.nspawn_pid, Signal::SIGTERM);
+        if !host::wait_gone(self.nspawn_pid, Duration::from_secs(30)) {
+            if let Some(init) = self.init_pid() {
+                host::signal(init, Signal::SIGKILL);
+            }
+            host::signal(self.nspawn_pid, Signal::SIGKILL);
+            host::wait_gone(self.nspawn_pid, Duration::from_secs(10));
+        }
+        self.release();
+    }
+
+    /// After the VM is down: its IMDS, namespace and root mount go; its
+    /// directory stays (journal) until the cluster is swept.
+    fn release(&mut self) {
+        host::signal(self.imds_pid, Signal::SIGTERM);
+        host::wait_gone(self.imds_pid, Duration::from_secs(5));
+        host::unmount_below(&self.dir.join("root"));
+        host::netns_delete(&host::vm_netns(&self.name));
+        self.gone = true;
+    }
+}
