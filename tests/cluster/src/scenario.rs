@@ -126,14 +126,20 @@ pub fn print_answers(answers: &[checks::WebAnswer]) {
 
 /// The bootstrap state record, read with the management token.
 async fn bootstrap_state(cluster: &Cluster) -> Result<serde_json::Value> {
-    let tokens = cluster.tokens().await?;
+    // Only Consul's token: the Nomad one does not exist until the last step.
+    let token = cluster
+        .cloud
+        .secrets(CLUSTER)
+        .await?
+        .remove(checks::CONSUL_MANAGEMENT)
+        .context("no Consul management token in the store yet")?;
     let mut last_error = None;
     for n in cluster.nodes().iter().filter(|n| n.group.is_consul_server()) {
         let url = checks::consul_url(
             &n.vm.address,
             &format!("/v1/kv/kraken/{CLUSTER}/bootstrap/state?raw=true"),
         );
-        match cluster.api.get(&url, tokens.consul_header()).await {
+        match cluster.api.get(&url, Some(("X-Consul-Token", &token))).await {
             Ok((200, body)) => return Ok(body),
             Ok((status, _)) => last_error = Some(anyhow::anyhow!("{url}: HTTP {status}")),
             Err(e) => last_error = Some(e),
