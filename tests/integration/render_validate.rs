@@ -31,6 +31,10 @@ const VARIANTS: &[(&str, &str)] = &[
         "site-paths",
         "[paths]\nconsul_data_dir = \"/data/consul dir\"\nnomad_data_dir = \"/data/nomad\"\n\n[consul]\nclient_addr = \"0.0.0.0\"\n",
     ),
+    (
+        "cloud-auto-join",
+        "[discovery]\nconsul_auto_join = \"provider=aws region=us-east-1 tag_key=kraken:roles tag_value=consul-server,nomad-server endpoint=http://10.213.0.1:5000\"\nnomad_auto_join = \"provider=aws tag_key=kraken:roles tag_value=nomad-server\"\n[docker]\nenabled = false\n",
+    ),
 ];
 
 fn validate(dir: &Path, what: &str) -> usize {

@@ -192,16 +192,23 @@ impl Agent {
             "waiting",
             &format!("discovering the servers of cluster {}", spec.cluster),
         );
-        let mut backoff = steps::discovery_backoff(&settings);
-        let notifier = self.notifier.clone();
-        let peers =
-            steps::discover_until_enough(&ec2, &spec, &mut backoff, &|s| notifier.status(s)).await;
-        self.status.ec2_api_calls = ec2.api_calls() + provider.ec2_calls();
-        let peers = peers?;
-        log::info!(
-            "discovery: {} EC2 API calls so far",
-            self.status.ec2_api_calls
-        );
+        let peers = if steps::uses_cloud_auto_join(&spec, &settings) {
+            log::info!("discovery: left to Consul's and Nomad's cloud auto-join");
+            Peers::default()
+        } else {
+            let mut backoff = steps::discovery_backoff(&settings);
+            let notifier = self.notifier.clone();
+            let peers =
+                steps::discover_until_enough(&ec2, &spec, &mut backoff, &|s| notifier.status(s))
+                    .await;
+            self.status.ec2_api_calls = ec2.api_calls() + provider.ec2_calls();
+            let peers = peers?;
+            log::info!(
+                "discovery: {} EC2 API calls so far",
+                self.status.ec2_api_calls
+            );
+            peers
+        };
         self.step(
             "discovery",
             serde_json::to_value(&peers).unwrap_or_default(),
@@ -320,8 +327,13 @@ impl Agent {
         let nomad = Nomad::new(&settings.nomad.http_addr, token(node.nomad_token.as_ref()))
             .map_err(start_err)?;
         let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
+        let auto_join = steps::uses_cloud_auto_join(&node.spec, &settings);
         loop {
             tokio::time::sleep(period).await;
+            if auto_join {
+                // Consul and Nomad track their servers themselves.
+                continue;
+            }
             let peers = match steps::discover(&node.ec2, &node.spec).await {
                 Ok(p) => p,
                 Err(e) if e.is_transient() => {

@@ -201,6 +201,15 @@ pub async fn discover<S: PeerSource>(source: &S, spec: &NodeSpec) -> Result<Peer
     Ok(source.discover(&spec.cluster).await?)
 }
 
+/// Whether Consul and Nomad find their servers themselves (cloud auto-join
+/// strings for every kind of server this node needs): then step 4 is
+/// skipped and the configs carry the strings instead of addresses.
+pub fn uses_cloud_auto_join(spec: &NodeSpec, settings: &Settings) -> bool {
+    let needed = needed(spec);
+    (needed.consul_servers == 0 || settings.discovery.consul_auto_join.is_some())
+        && (needed.nomad_servers == 0 || settings.discovery.nomad_auto_join.is_some())
+}
+
 /// Step 4, until enough servers are found: refreshes with jittered
 /// backoff, reporting each shortfall through `status`.
 pub async fn discover_until_enough<S: PeerSource>(

@@ -96,6 +96,22 @@ impl Settings {
                     .into(),
             );
         }
+        for (key, join) in [
+            (
+                "discovery.consul_auto_join",
+                &self.discovery.consul_auto_join,
+            ),
+            ("discovery.nomad_auto_join", &self.discovery.nomad_auto_join),
+        ] {
+            if let Some(join) = join
+                && (!join.starts_with("provider=") || join.chars().any(char::is_control))
+            {
+                return Err(format!(
+                    "{key} = {join:?}; expected a cloud auto-join string starting with \"provider=\" \
+                     (e.g. \"provider=aws tag_key=kraken:roles tag_value=consul-server\")"
+                ));
+            }
+        }
         self.secrets
             .validate()
             .map_err(|e| format!("[secrets]: {e}"))?;
@@ -298,6 +314,14 @@ pub struct DiscoverySettings {
     /// First and longest wait between refreshes while servers are missing.
     pub retry_min_secs: u64,
     pub retry_max_secs: u64,
+    /// Cloud auto-join instead of the agent's discovery: a go-discover
+    /// string (`provider=aws tag_key=... tag_value=...`) written as Consul's
+    /// `retry_join`. With it (and `nomad_auto_join` on nodes running Nomad)
+    /// the agent neither waits for nor tracks the servers: Consul and Nomad
+    /// query EC2 themselves. Unset by default.
+    pub consul_auto_join: Option<String>,
+    /// The same for Nomad's `server_join`.
+    pub nomad_auto_join: Option<String>,
 }
 
 impl Default for DiscoverySettings {
@@ -306,6 +330,8 @@ impl Default for DiscoverySettings {
             refresh_secs: 60,
             retry_min_secs: 2,
             retry_max_secs: 60,
+            consul_auto_join: None,
+            nomad_auto_join: None,
         }
     }
 }
@@ -419,6 +445,12 @@ mod tests {
         );
         let err = Settings::parse("[intent]\ndatacenter = \"DC.1\"\n").unwrap_err();
         assert!(err.contains("intent.datacenter"), "{err}");
+        let err = Settings::parse("[discovery]\nconsul_auto_join = \"10.0.0.1\"\n").unwrap_err();
+        assert!(err.contains("discovery.consul_auto_join"), "{err}");
+        let ok = Settings::parse(
+            "[discovery]\nconsul_auto_join = \"provider=aws tag_key=kraken:roles tag_value=consul-server\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
         let err = Settings::parse("[discovery]\nretry_min_secs = 0\n").unwrap_err();
         assert!(err.contains("retry_min_secs"), "{err}");
         let err = Settings::parse("[consul]\nhttp_addr = \"127.0.0.1:8500\"\n").unwrap_err();

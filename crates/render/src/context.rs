@@ -55,7 +55,10 @@ pub fn context(
             "datacenter": spec.datacenter,
             "server": spec.has(Role::ConsulServer),
             "bootstrap_expect": spec.consul_servers,
-            "retry_join": ips(&peers.consul_servers),
+            "retry_join": match &settings.discovery.consul_auto_join {
+                Some(join) => vec![join.clone()],
+                None => ips(&peers.consul_servers),
+            },
             "data_dir": settings.paths.consul_data_dir.display().to_string(),
             "client_addr": settings.consul.client_addr,
         },
@@ -67,7 +70,10 @@ pub fn context(
             "server": spec.has(Role::NomadServer),
             "client": spec.has(Role::NomadClient),
             "bootstrap_expect": spec.nomad_servers,
-            "servers": ips(&peers.nomad_servers),
+            "servers": match &settings.discovery.nomad_auto_join {
+                Some(join) => vec![join.clone()],
+                None => ips(&peers.nomad_servers),
+            },
             "node_class": spec.node_class,
             "meta": spec.meta,
             "raw_exec": settings.nomad.raw_exec,

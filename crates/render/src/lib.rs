@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use handlebars::Handlebars;
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Settings};
 use serde::Serialize;
 
 pub use context::{RenderSecrets, context};

@@ -487,7 +487,9 @@ fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
         }
         eprintln!("xtask: [{name}] ok ({took})");
     }
-    let code = step("cluster test", || cluster_with(&deps, &target, &["test".into()]))?;
+    let code = step("cluster test", || {
+        cluster_with(&deps, &target, &["test".into()])
+    })?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }

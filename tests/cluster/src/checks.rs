@@ -152,21 +152,39 @@ pub fn nomad_url(address: &str, path: &str) -> String {
 
 /// Every check of the cluster's state (not the web service).
 pub async fn cluster(api: &Api, nodes: &[Node<'_>], tokens: &Tokens) -> Vec<Check> {
-    let consul_servers: Vec<&Node> = nodes.iter().filter(|n| n.group.is_consul_server()).collect();
+    let consul_servers: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+        .collect();
     let nomad_servers: Vec<&Node> = nodes.iter().filter(|n| n.group.is_nomad_server()).collect();
     let clients: Vec<&Node> = nodes.iter().filter(|n| n.group.is_nomad_client()).collect();
     vec![
-        check("consul-leader", leader(api, &consul_servers, consul_url, None).await),
-        check("consul-raft", consul_raft(api, &consul_servers, tokens).await),
-        check("consul-members", consul_members(api, &consul_servers, nodes, tokens).await),
+        check(
+            "consul-leader",
+            leader(api, &consul_servers, consul_url, None).await,
+        ),
+        check(
+            "consul-raft",
+            consul_raft(api, &consul_servers, tokens).await,
+        ),
+        check(
+            "consul-members",
+            consul_members(api, &consul_servers, nodes, tokens).await,
+        ),
         check("consul-acl", consul_acl(api, &consul_servers).await),
-        check("consul-tokens", node_tokens(api, &consul_servers, nodes, tokens).await),
+        check(
+            "consul-tokens",
+            node_tokens(api, &consul_servers, nodes, tokens).await,
+        ),
         check(
             "nomad-leader",
             leader(api, &nomad_servers, nomad_url, tokens.nomad_header()).await,
         ),
         check("nomad-raft", nomad_raft(api, &nomad_servers, tokens).await),
-        check("nomad-clients", nomad_clients(api, &nomad_servers, &clients, tokens).await),
+        check(
+            "nomad-clients",
+            nomad_clients(api, &nomad_servers, &clients, tokens).await,
+        ),
         check("nomad-acl", nomad_acl(api, &nomad_servers).await),
     ]
 }
@@ -204,7 +222,11 @@ async fn leader(
     }
     Ok(format!(
         "{} (agreed by {} servers)",
-        distinct.into_iter().next().map(String::as_str).unwrap_or("?"),
+        distinct
+            .into_iter()
+            .next()
+            .map(String::as_str)
+            .unwrap_or("?"),
         seen.len()
     ))
 }
@@ -229,13 +251,19 @@ fn same_servers(found: BTreeSet<String>, servers: &[&Node<'_>]) -> Result<String
 }
 
 async fn consul_raft(api: &Api, servers: &[&Node<'_>], tokens: &Tokens) -> Result<String> {
-    let url = consul_url(first(servers, "Consul server")?, "/v1/operator/raft/configuration");
+    let url = consul_url(
+        first(servers, "Consul server")?,
+        "/v1/operator/raft/configuration",
+    );
     let config = api.get_ok(&url, tokens.consul_header()).await?;
     same_servers(voters(&config), servers)
 }
 
 async fn nomad_raft(api: &Api, servers: &[&Node<'_>], tokens: &Tokens) -> Result<String> {
-    let url = nomad_url(first(servers, "Nomad server")?, "/v1/operator/raft/configuration");
+    let url = nomad_url(
+        first(servers, "Nomad server")?,
+        "/v1/operator/raft/configuration",
+    );
     let config = api.get_ok(&url, tokens.nomad_header()).await?;
     same_servers(voters(&config), servers)
 }
@@ -261,8 +289,14 @@ async fn consul_members(
     for n in nodes {
         match status.get(n.vm.instance_id.as_str()) {
             Some(1) => {}
-            Some(s) => problems.push(format!("{} ({}) has status {s}", n.vm.name, n.vm.instance_id)),
-            None => problems.push(format!("{} ({}) is not a member", n.vm.name, n.vm.instance_id)),
+            Some(s) => problems.push(format!(
+                "{} ({}) has status {s}",
+                n.vm.name, n.vm.instance_id
+            )),
+            None => problems.push(format!(
+                "{} ({}) is not a member",
+                n.vm.name, n.vm.instance_id
+            )),
         }
     }
     let running: BTreeSet<&str> = nodes.iter().map(|n| n.vm.instance_id.as_str()).collect();
@@ -285,7 +319,9 @@ async fn consul_acl(api: &Api, servers: &[&Node<'_>]) -> Result<String> {
     if status != 403 {
         bail!("anonymous read of {key} answered HTTP {status}, not 403");
     }
-    let (status, _) = api.get(&consul_url(address, "/v1/acl/tokens"), None).await?;
+    let (status, _) = api
+        .get(&consul_url(address, "/v1/acl/tokens"), None)
+        .await?;
     if status != 403 {
         bail!("anonymous token listing answered HTTP {status}, not 403");
     }
@@ -322,11 +358,26 @@ async fn node_tokens(
     let mut problems = Vec::new();
     let mut valid: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in nodes {
-        let mut want = vec![("consul.hcl", "/etc/consul.d/consul.hcl", "agent", CONSUL_AGENT)];
+        let mut want = vec![(
+            "consul.hcl",
+            "/etc/consul.d/consul.hcl",
+            "agent",
+            CONSUL_AGENT,
+        )];
         if n.group.is_nomad_server() {
-            want.push(("nomad.hcl", "/etc/nomad.d/nomad.hcl", "token", "consul/tokens/nomad-server"));
+            want.push((
+                "nomad.hcl",
+                "/etc/nomad.d/nomad.hcl",
+                "token",
+                "consul/tokens/nomad-server",
+            ));
         } else if n.group.is_nomad_client() {
-            want.push(("nomad.hcl", "/etc/nomad.d/nomad.hcl", "token", "consul/tokens/nomad-client"));
+            want.push((
+                "nomad.hcl",
+                "/etc/nomad.d/nomad.hcl",
+                "token",
+                "consul/tokens/nomad-client",
+            ));
         }
         for (file, path, key, secret) in want {
             let Some(text) = n.vm.read(path) else {
@@ -334,8 +385,12 @@ async fn node_tokens(
                 continue;
             };
             let expected = tokens.all.get(secret).map(String::as_str);
-            if expected.is_none() || !hcl_values(&text, key).contains(&expected.unwrap_or_default()) {
-                problems.push(format!("{}: {file} does not hold the {secret} token", n.vm.name));
+            if expected.is_none() || !hcl_values(&text, key).contains(&expected.unwrap_or_default())
+            {
+                problems.push(format!(
+                    "{}: {file} does not hold the {secret} token",
+                    n.vm.name
+                ));
                 continue;
             }
             let token = expected.unwrap_or_default();
@@ -392,7 +447,10 @@ async fn nomad_clients(
     let mut problems = Vec::new();
     for c in clients {
         let Some(node) = by_name.get(c.vm.instance_id.as_str()) else {
-            problems.push(format!("{} ({}) is not a Nomad node", c.vm.name, c.vm.instance_id));
+            problems.push(format!(
+                "{} ({}) is not a Nomad node",
+                c.vm.name, c.vm.instance_id
+            ));
             continue;
         };
         let status = node["Status"].as_str().unwrap_or("?");
@@ -410,22 +468,34 @@ async fn nomad_clients(
         }
         let id = node["ID"].as_str().unwrap_or_default();
         let detail = api
-            .get_ok(&nomad_url(address, &format!("/v1/node/{id}")), tokens.nomad_header())
+            .get_ok(
+                &nomad_url(address, &format!("/v1/node/{id}")),
+                tokens.nomad_header(),
+            )
             .await?;
         let meta = &detail["Meta"];
         for (k, v) in c.group.meta() {
             if meta[k].as_str() != Some(v) {
-                problems.push(format!("{}: meta {k} is {}, want {v:?}", c.vm.name, meta[k]));
+                problems.push(format!(
+                    "{}: meta {k} is {}, want {v:?}",
+                    c.vm.name, meta[k]
+                ));
             }
         }
         if meta["kraken.instance_id"].as_str() != Some(c.vm.instance_id.as_str()) {
-            problems.push(format!("{}: meta kraken.instance_id is {}", c.vm.name, meta["kraken.instance_id"]));
+            problems.push(format!(
+                "{}: meta kraken.instance_id is {}",
+                c.vm.name, meta["kraken.instance_id"]
+            ));
         }
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
-    Ok(format!("{} clients ready with their class and meta", clients.len()))
+    Ok(format!(
+        "{} clients ready with their class and meta",
+        clients.len()
+    ))
 }
 
 /// One answer of the web service.
@@ -459,7 +529,10 @@ pub async fn web(
         .filter_map(|e| {
             let address = e["Service"]["Address"].as_str()?;
             let port = e["Service"]["Port"].as_u64()?;
-            Some((format!("{address}:{port}"), e["Node"]["Node"].as_str()?.to_owned()))
+            Some((
+                format!("{address}:{port}"),
+                e["Node"]["Node"].as_str()?.to_owned(),
+            ))
         })
         .collect();
     if instances.len() != want {
@@ -490,7 +563,9 @@ pub async fn web(
         }
         let id = body["alloc_id"].as_str().unwrap_or_default().to_owned();
         if !running.contains(id.as_str()) {
-            bail!("{address} answered alloc_id {id:?}, not a running allocation of job web ({running:?})");
+            bail!(
+                "{address} answered alloc_id {id:?}, not a running allocation of job web ({running:?})"
+            );
         }
         if !ids.insert(id.clone()) {
             bail!("two instances answered the same alloc_id {id}");

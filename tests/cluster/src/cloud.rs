@@ -18,15 +18,10 @@ const OPERATOR_KEY: (&str, &str) = ("kraken-operator", "kraken-operator-secret")
 
 /// Starts moto on `addr` (in the hub: the harness is there). Returns its PID.
 pub fn start_moto(moto_server: &Path, host_ip: &str, port: u16, log: &Path) -> Result<u32> {
-    host::spawn_daemon(
-        moto_server,
-        &["-H", host_ip, "-p", &port.to_string()],
-        log,
-    )
+    host::spawn_daemon(moto_server, &["-H", host_ip, "-p", &port.to_string()], log)
 }
 
 pub struct Cloud {
-    pub endpoint: String,
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
 }
@@ -48,7 +43,6 @@ impl Cloud {
             .load()
             .await;
         let cloud = Cloud {
-            endpoint: endpoint.to_owned(),
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
         };
@@ -57,7 +51,10 @@ impl Cloud {
             match cloud.ec2.describe_regions().send().await {
                 Ok(_) => return Ok(cloud),
                 Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("moto does not answer at {endpoint}: {}", aws_sdk_ec2::error::DisplayErrorContext(e))
+                    bail!(
+                        "moto does not answer at {endpoint}: {}",
+                        aws_sdk_ec2::error::DisplayErrorContext(e)
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
@@ -69,7 +66,12 @@ impl Cloud {
         let found = self
             .ec2
             .describe_subnets()
-            .filters(Filter::builder().name("cidr-block").values(host::SUBNET).build())
+            .filters(
+                Filter::builder()
+                    .name("cidr-block")
+                    .values(host::SUBNET)
+                    .build(),
+            )
             .send()
             .await
             .context("ec2:DescribeSubnets")?;

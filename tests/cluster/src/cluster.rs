@@ -97,7 +97,11 @@ refresh_secs = 15
 }
 
 pub fn log(started: Instant, message: impl AsRef<str>) {
-    eprintln!("[{:>6.1}s] {}", started.elapsed().as_secs_f64(), message.as_ref());
+    eprintln!(
+        "[{:>6.1}s] {}",
+        started.elapsed().as_secs_f64(),
+        message.as_ref()
+    );
 }
 
 impl Cluster {
@@ -178,12 +182,23 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn log(&self, message: impl AsRef<str>) {
-        log(self.started, message);
+    /// Stops every VM and moto and removes the VMs' directories, keeping the
+    /// hub (this process lives in it), so that another cluster can be
+    /// created in it.
+    pub fn destroy(&mut self) {
+        for vm in self.vms.iter_mut().filter(|v| !v.gone) {
+            vm.power_off();
+        }
+        host::signal(self.moto_pid, nix::sys::signal::Signal::SIGTERM);
+        host::wait_gone(self.moto_pid, Duration::from_secs(10));
+        host::unmount_below(&self.paths.vms_dir());
+        let _ = fs::remove_dir_all(self.paths.vms_dir());
+        let _ = fs::create_dir_all(self.paths.vms_dir());
+        let _ = fs::remove_file(self.paths.state_file());
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    pub fn log(&self, message: impl AsRef<str>) {
+        log(self.started, message);
     }
 
     pub fn group(&self, name: &str) -> Result<&Group> {
@@ -225,7 +240,10 @@ impl Cluster {
         }
         .boot()
         .with_context(|| format!("booting VM {name}"))?;
-        self.log(format!("booted {name} ({instance_id}, {address}, {})", group.roles()));
+        self.log(format!(
+            "booted {name} ({instance_id}, {address}, {})",
+            group.roles()
+        ));
         self.vms.push(vm);
         self.save()?;
         Ok(self.vms.last().expect("just pushed"))
@@ -322,12 +340,21 @@ impl Cluster {
                     vm.address,
                     s.phase,
                     s.message,
-                    s.last_error.map(|e| format!(" [last error: {e}]")).unwrap_or_default()
+                    s.last_error
+                        .map(|e| format!(" [last error: {e}]"))
+                        .unwrap_or_default()
                 ),
                 None => eprintln!("  {} ({}): no agent status", vm.name, vm.address),
             }
             if let Ok(journal) = vm.agent_journal() {
-                for line in journal.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+                for line in journal
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
                     eprintln!("      {line}");
                 }
             }
@@ -380,7 +407,10 @@ impl Cluster {
             match checks::web(&self.api, &consul, &nomad, &tokens, 2).await {
                 Ok(answers) => return Ok(answers),
                 Err(e) if Instant::now() > deadline => {
-                    return Err(e.context(format!("web service not answering after {}s", timeout.as_secs())));
+                    return Err(e.context(format!(
+                        "web service not answering after {}s",
+                        timeout.as_secs()
+                    )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
             }
@@ -405,7 +435,10 @@ impl Cluster {
             lines += journal.lines().count();
             for (name, value) in &secrets {
                 if journal.contains(value.as_str()) {
-                    bail!("{}: the kraken-agent journal contains the secret {name}", vm.name);
+                    bail!(
+                        "{}: the kraken-agent journal contains the secret {name}",
+                        vm.name
+                    );
                 }
             }
         }

@@ -124,7 +124,11 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
         .filter(|&pid| pid != me && alive(pid))
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -143,7 +147,15 @@ pub fn hub_up() -> Result<()> {
     ip(&["netns", "add", HUB_NETNS])?;
     ip(&["-n", HUB_NETNS, "link", "set", "lo", "up"])?;
     ip(&["-n", HUB_NETNS, "link", "add", BRIDGE, "type", "bridge"])?;
-    ip(&["-n", HUB_NETNS, "addr", "add", &format!("{HUB_IP}/24"), "dev", BRIDGE])?;
+    ip(&[
+        "-n",
+        HUB_NETNS,
+        "addr",
+        "add",
+        &format!("{HUB_IP}/24"),
+        "dev",
+        BRIDGE,
+    ])?;
     ip(&["-n", HUB_NETNS, "link", "set", BRIDGE, "up"])?;
     Ok(())
 }
@@ -158,10 +170,6 @@ pub fn enter_hub() -> Result<()> {
     Ok(())
 }
 
-pub fn hub_exists() -> bool {
-    Path::new("/run/netns").join(HUB_NETNS).exists()
-}
-
 pub fn vm_netns(name: &str) -> String {
     format!("{NETNS_PREFIX}{name}")
 }
@@ -174,13 +182,31 @@ pub fn vm_net_up(name: &str, address: &str) -> Result<()> {
     let host_end = format!("kv-{}", &name[..name.len().min(12)]);
     ip(&["netns", "add", &ns])?;
     ip(&[
-        "-n", HUB_NETNS, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0",
-        "netns", &ns,
+        "-n", HUB_NETNS, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        &ns,
     ])?;
-    ip(&["-n", HUB_NETNS, "link", "set", &host_end, "master", BRIDGE, "up"])?;
+    ip(&[
+        "-n", HUB_NETNS, "link", "set", &host_end, "master", BRIDGE, "up",
+    ])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{IMDS_IP}/32"), "dev", "lo"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{IMDS_IP}/32"),
+        "dev",
+        "lo",
+    ])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     ip(&["-n", &ns, "route", "add", "default", "via", HUB_IP])?;
     Ok(())
@@ -213,7 +239,14 @@ pub fn overlay_mount(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
     );
     run(
         "mount",
-        &["-t", "overlay", "overlay", "-o", &options, &target.to_string_lossy()],
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &options,
+            &target.to_string_lossy(),
+        ],
     )?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! moves into the cluster's hub namespace, so everything it reaches is an
 //! address inside namespaces it made.
 
+mod bench;
 mod checks;
 mod cloud;
 mod cluster;
@@ -45,6 +46,12 @@ enum Command {
     Down,
     /// The fault scenario on the small topology; always tears down.
     Test,
+    /// Boot timings, EC2 calls and agent memory, against cloud auto-join;
+    /// always tears down.
+    Bench {
+        #[arg(long, value_enum, default_value = "small")]
+        topology: Topology,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,14 @@ fn main() -> ExitCode {
         Command::Status => host::enter_hub().and_then(|()| block_on(status(cli.paths))),
         Command::Up { topology } => {
             start(&cli.paths).and_then(|()| block_on(up(cli.paths.clone(), topology)))
+        }
+        Command::Bench { topology } => {
+            let paths = cli.paths.clone();
+            let outcome =
+                start(&paths).and_then(|()| block_on(bench::bench(paths.clone(), topology)));
+            eprintln!("cluster: tearing down");
+            cluster::teardown(&paths);
+            outcome
         }
         Command::Test => {
             let paths = cli.paths.clone();

@@ -1,6 +1,7 @@
 //! `up` and `test`: the cluster booted plainly, and the cluster booted
 //! through the faults it must survive without a person.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -60,7 +61,10 @@ pub async fn test(cluster: &mut Cluster) -> Result<()> {
         if status.converged_unix.is_some() {
             bail!("{} converged with no servers", vm.name);
         }
-        cluster.log(format!("{} waits, as it should: {}", vm.name, status.message));
+        cluster.log(format!(
+            "{} waits, as it should: {}",
+            vm.name, status.message
+        ));
     }
 
     // 2. Servers one by one; every one would stop right after the step
@@ -84,18 +88,25 @@ pub async fn test(cluster: &mut Cluster) -> Result<()> {
         .find(|v| v.instance_id == holder && !v.gone)
         .map(|v| v.name.clone())
         .with_context(|| format!("the lease holder {holder} is not a running VM"))?;
-    cluster.log(format!("{name} ({holder}) holds the bootstrap lease after {HOLDER_KILL_STEP}"));
+    cluster.log(format!(
+        "{name} ({holder}) holds the bootstrap lease after {HOLDER_KILL_STEP}"
+    ));
     cluster.kill(&name).await?;
     cluster.launch("server", None).await?;
 
     // 4. Converge.
-    let checks = cluster.wait_ready("after the lease holder's death", READY_TIMEOUT).await?;
+    let checks = cluster
+        .wait_ready("after the lease holder's death", READY_TIMEOUT)
+        .await?;
     print_checks(&checks);
     let state = bootstrap_state(cluster).await?;
     cluster.log(format!("bootstrap log: {}", state["log"]));
     cluster.deploy_web().await?;
     let answers = cluster.wait_web(Duration::from_secs(180)).await?;
     print_answers(&answers);
+
+    // Doctor on the real nodes: all ok, then two injected faults.
+    doctor_round(cluster).await?;
 
     // 5. Replace a server that is not the one the next checks start from.
     let victim = cluster
@@ -107,7 +118,9 @@ pub async fn test(cluster: &mut Cluster) -> Result<()> {
         .context("no second running server")?;
     cluster.kill(&victim).await?;
     cluster.launch("server", None).await?;
-    let checks = cluster.wait_ready("after a server's replacement", READY_TIMEOUT).await?;
+    let checks = cluster
+        .wait_ready("after a server's replacement", READY_TIMEOUT)
+        .await?;
     print_checks(&checks);
     let answers = cluster.wait_web(Duration::from_secs(180)).await?;
     print_answers(&answers);
@@ -134,12 +147,20 @@ async fn bootstrap_state(cluster: &Cluster) -> Result<serde_json::Value> {
         .remove(checks::CONSUL_MANAGEMENT)
         .context("no Consul management token in the store yet")?;
     let mut last_error = None;
-    for n in cluster.nodes().iter().filter(|n| n.group.is_consul_server()) {
+    for n in cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+    {
         let url = checks::consul_url(
             &n.vm.address,
             &format!("/v1/kv/kraken/{CLUSTER}/bootstrap/state?raw=true"),
         );
-        match cluster.api.get(&url, Some(("X-Consul-Token", &token))).await {
+        match cluster
+            .api
+            .get(&url, Some(("X-Consul-Token", &token)))
+            .await
+        {
             Ok((200, body)) => return Ok(body),
             Ok((status, _)) => last_error = Some(anyhow::anyhow!("{url}: HTTP {status}")),
             Err(e) => last_error = Some(e),
@@ -160,13 +181,115 @@ async fn wait_for_holder(cluster: &Cluster, timeout: Duration) -> Result<String>
                 .filter_map(|l| l.as_str())
                 .find_map(|l| l.strip_prefix(&format!("{HOLDER_KILL_STEP} by ")));
             if let Some(rest) = entry {
-                return Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned());
             }
         }
         if Instant::now() > deadline {
             cluster.print_agents();
-            bail!("no node did the bootstrap step {HOLDER_KILL_STEP} in {}s", timeout.as_secs());
+            bail!(
+                "no node did the bootstrap step {HOLDER_KILL_STEP} in {}s",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `kraken-agent doctor --json` inside a VM: its exit status and the level
+/// of each check.
+fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, String>)> {
+    let init = vm.init_pid().context("VM not running")?.to_string();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &init, "-a", "--", "kraken-agent", "doctor", "--json"])
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{}: doctor printed no JSON: {}",
+            vm.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let levels = report["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c["name"].as_str()?.to_owned(),
+                c["level"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    Ok((out.status.code().unwrap_or(-1), levels))
+}
+
+/// Every node's doctor says all is well; on a client, Consul stopped and a
+/// config edited by hand are each named, and clear once undone.
+async fn doctor_round(cluster: &Cluster) -> Result<()> {
+    for n in cluster.nodes() {
+        let (code, levels) = doctor(n.vm)?;
+        if code != 0 {
+            bail!("doctor on healthy {} exited {code}: {levels:?}", n.vm.name);
+        }
+    }
+    cluster.log("doctor: every node all ok");
+    let client = cluster
+        .vms
+        .iter()
+        .find(|v| v.group == "client" && !v.gone)
+        .context("no client running")?;
+    client.exec(&["systemctl", "stop", "consul"])?;
+    let (code, levels) = doctor(client)?;
+    client.exec(&["systemctl", "start", "consul"])?;
+    if code != 2 || levels.get("consul").map(String::as_str) != Some("fail") {
+        bail!(
+            "doctor with Consul stopped on {}: exit {code}, {levels:?}",
+            client.name
+        );
+    }
+    cluster.log(format!(
+        "doctor: Consul stopped on {} named (consul fail, exit 2)",
+        client.name
+    ));
+    let config = "/etc/nomad.d/nomad.hcl";
+    let original = client.read(config).context("reading nomad.hcl")?;
+    let path = client.path(config).context("VM not running")?;
+    std::fs::write(&path, format!("{original}\n# edited by hand\n"))?;
+    let (code, levels) = doctor(client)?;
+    std::fs::write(&path, &original)?;
+    if code == 0
+        || !matches!(
+            levels.get("configs").map(String::as_str),
+            Some("warn" | "fail")
+        )
+    {
+        bail!(
+            "doctor with nomad.hcl edited on {}: exit {code}, {levels:?}",
+            client.name
+        );
+    }
+    cluster.log(format!(
+        "doctor: the hand edit on {} named (configs {})",
+        client.name, levels["configs"]
+    ));
+    // Consul back and the file restored: healthy again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, levels) = doctor(client)?;
+        if code == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "doctor on {} after the faults were undone: exit {code}, {levels:?}",
+                client.name
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(())
 }

@@ -57,10 +57,6 @@ impl Group {
         self.roles().split(',').any(|r| r.trim() == "nomad-client")
     }
 
-    pub fn is_server(&self) -> bool {
-        self.is_consul_server() || self.is_nomad_server()
-    }
-
     /// The Nomad node class the group's clients must report.
     pub fn node_class(&self) -> Option<&str> {
         self.tags.get("kraken:node-class").map(String::as_str)
@@ -79,7 +75,11 @@ impl Topology {
     pub fn groups(self) -> Vec<Group> {
         match self {
             Topology::Small => vec![
-                Group::new("server", 3, &[("kraken:roles", "consul-server,nomad-server")]),
+                Group::new(
+                    "server",
+                    3,
+                    &[("kraken:roles", "consul-server,nomad-server")],
+                ),
                 Group::new(
                     "client",
                     2,

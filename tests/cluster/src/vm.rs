@@ -172,7 +172,10 @@ fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> 
         .map(|(k, v)| format!("{k}={v}\n"))
         .collect();
     fs::write(etc_kraken.join("agent.env"), env)?;
-    fs::set_permissions(etc_kraken.join("agent.env"), fs::Permissions::from_mode(0o600))?;
+    fs::set_permissions(
+        etc_kraken.join("agent.env"),
+        fs::Permissions::from_mode(0o600),
+    )?;
     fs::write(etc_kraken.join("agent.toml"), &user_data.agent_toml)?;
     fs::write(root.join("etc/hostname"), format!("{name}\n"))?;
     // The image has an empty machine-id (90-cleanup.sh), as an AMI does;
@@ -267,20 +270,6 @@ impl Vm {
         }
         host::signal(self.nspawn_pid, Signal::SIGKILL);
         host::wait_gone(self.nspawn_pid, Duration::from_secs(10));
-        self.release();
-    }
-
-    /// A clean shutdown (what terminating an instance does), then the same
-    /// release as a power cut.
-    pub fn shutdown(&mut self) {
-        host::signal(self.nspawn_pid, Signal::SIGTERM);
-        if !host::wait_gone(self.nspawn_pid, Duration::from_secs(30)) {
-            if let Some(init) = self.init_pid() {
-                host::signal(init, Signal::SIGKILL);
-            }
-            host::signal(self.nspawn_pid, Signal::SIGKILL);
-            host::wait_gone(self.nspawn_pid, Duration::from_secs(10));
-        }
         self.release();
     }
 
