@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use kraken_agent::{BootError, render_cmd, run};
 use kraken_intent::{DEFAULT_SETTINGS_PATH, Settings};
 
+/// The unit's `EnvironmentFile=` (systemd/kraken-agent.service).
+const AGENT_ENV_PATH: &str = "/etc/kraken/agent.env";
+
 /// Turns a freshly booted EC2 instance into a member of a Consul + Nomad +
 /// Docker cluster.
 #[derive(Parser)]
@@ -53,6 +56,21 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     kraken_agent::logging::init();
+    if matches!(
+        cli.command,
+        Command::Doctor { .. } | Command::Render { node: None, .. }
+    ) {
+        // A person running these by hand gets the environment the service
+        // runs with (the unit's EnvironmentFile: AWS endpoint overrides and
+        // the like), or they would check a different AWS than the agent
+        // uses. Variables already set win, as they would for systemd.
+        // Before any thread exists: it sets process environment variables.
+        match dotenvy::from_path(AGENT_ENV_PATH) {
+            Ok(()) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => eprintln!("kraken-agent: ignoring {AGENT_ENV_PATH}: {e}"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -35,6 +35,9 @@ commands:
   cluster status     check the running cluster
   cluster down       stop it and remove everything it made
   cluster test       the fault scenario on a fresh small cluster, then down
+  cluster bench [--topology small|seed]
+                     boot timings, EC2 calls and agent memory, against
+                     Consul's and Nomad's own cloud auto-join (JSON on stdout)
 
 environment:
   KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)
@@ -539,7 +542,7 @@ fn cluster_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
     let bin = target.join("debug");
     // Only `up` and `test` boot VMs: `status` and `down` work with what is
     // running, even if the sources changed since.
-    let boots = matches!(args[0].as_str(), "up" | "test");
+    let boots = matches!(args[0].as_str(), "up" | "test" | "bench");
     let mut packages = vec!["kraken-cluster"];
     if boots {
         packages.extend(["kraken-agent", "kraken-fake-imds", "kraken-web"]);

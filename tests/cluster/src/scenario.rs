@@ -107,6 +107,9 @@ pub async fn test(cluster: &mut Cluster) -> Result<()> {
 
     // Doctor on the real nodes: all ok, then two injected faults.
     doctor_round(cluster).await?;
+    cluster
+        .wait_ready("after the doctor faults", READY_TIMEOUT)
+        .await?;
 
     // 5. Replace a server that is not the one the next checks start from.
     let victim = cluster
@@ -199,9 +202,16 @@ async fn wait_for_holder(cluster: &Cluster, timeout: Duration) -> Result<String>
     }
 }
 
-/// `kraken-agent doctor --json` inside a VM: its exit status and the level
-/// of each check.
-fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, String>)> {
+/// One check of `kraken-agent doctor --json`: level and finding.
+#[derive(Debug)]
+struct Finding {
+    level: String,
+    finding: String,
+}
+
+/// `kraken-agent doctor --json` inside a VM, as a person logged in would
+/// run it: its exit status and each check.
+fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, Finding>)> {
     let init = vm.init_pid().context("VM not running")?.to_string();
     let out = std::process::Command::new("nsenter")
         .args(["-t", &init, "-a", "--", "kraken-agent", "doctor", "--json"])
@@ -213,83 +223,228 @@ fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, String>)> {
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    let levels = report["checks"]
+    let checks = report["checks"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|c| {
             Some((
                 c["name"].as_str()?.to_owned(),
-                c["level"].as_str()?.to_owned(),
+                Finding {
+                    level: c["level"].as_str()?.to_owned(),
+                    finding: c["finding"].as_str().unwrap_or_default().to_owned(),
+                },
             ))
         })
         .collect();
-    Ok((out.status.code().unwrap_or(-1), levels))
+    Ok((out.status.code().unwrap_or(-1), checks))
 }
 
-/// Every node's doctor says all is well; on a client, Consul stopped and a
-/// config edited by hand are each named, and clear once undone.
-async fn doctor_round(cluster: &Cluster) -> Result<()> {
-    for n in cluster.nodes() {
-        let (code, levels) = doctor(n.vm)?;
-        if code != 0 {
-            bail!("doctor on healthy {} exited {code}: {levels:?}", n.vm.name);
-        }
-    }
-    cluster.log("doctor: every node all ok");
-    let client = cluster
-        .vms
-        .iter()
-        .find(|v| v.group == "client" && !v.gone)
-        .context("no client running")?;
-    client.exec(&["systemctl", "stop", "consul"])?;
-    let (code, levels) = doctor(client)?;
-    client.exec(&["systemctl", "start", "consul"])?;
-    if code != 2 || levels.get("consul").map(String::as_str) != Some("fail") {
+/// Doctor on `vm` must fail check `name` with a finding containing `says`.
+fn doctor_names(
+    cluster: &Cluster,
+    vm: &crate::vm::Vm,
+    fault: &str,
+    name: &str,
+    says: &str,
+) -> Result<()> {
+    let (code, checks) = doctor(vm)?;
+    let found = checks.get(name);
+    let named = found.is_some_and(|c| c.level == "fail" && c.finding.contains(says));
+    if code != 2 || !named {
         bail!(
-            "doctor with Consul stopped on {}: exit {code}, {levels:?}",
-            client.name
+            "doctor on {} with {fault}: exit {code}, {name}: {found:?}; all: {checks:?}",
+            vm.name
         );
     }
     cluster.log(format!(
-        "doctor: Consul stopped on {} named (consul fail, exit 2)",
-        client.name
+        "doctor on {}, {fault}: {name} fail: {}",
+        vm.name,
+        found.map(|c| c.finding.as_str()).unwrap_or("")
     ));
-    let config = "/etc/nomad.d/nomad.hcl";
-    let original = client.read(config).context("reading nomad.hcl")?;
-    let path = client.path(config).context("VM not running")?;
-    std::fs::write(&path, format!("{original}\n# edited by hand\n"))?;
-    let (code, levels) = doctor(client)?;
-    std::fs::write(&path, &original)?;
-    if code == 0
-        || !matches!(
-            levels.get("configs").map(String::as_str),
-            Some("warn" | "fail")
-        )
-    {
-        bail!(
-            "doctor with nomad.hcl edited on {}: exit {code}, {levels:?}",
-            client.name
-        );
-    }
-    cluster.log(format!(
-        "doctor: the hand edit on {} named (configs {})",
-        client.name, levels["configs"]
-    ));
-    // Consul back and the file restored: healthy again.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    Ok(())
+}
+
+/// Waits until doctor on `vm` exits 0 again.
+async fn doctor_all_ok(vm: &crate::vm::Vm, after: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (code, levels) = doctor(client)?;
+        let (code, checks) = doctor(vm)?;
         if code == 0 {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "doctor on {} after the faults were undone: exit {code}, {levels:?}",
-                client.name
+                "doctor on {} after {after}: exit {code}, {checks:?}",
+                vm.name
             );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Every node's doctor says all is well; then, one at a time, each fault of
+/// issue #6 that exists in this cluster is injected on a real node, named
+/// by doctor, and undone: Consul stopped, a config edited by hand, a bad
+/// tag, IMDS unreachable, the node's Consul token deleted, no leader.
+async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
+    for n in cluster.nodes() {
+        let (code, checks) = doctor(n.vm)?;
+        if code != 0 {
+            bail!("doctor on healthy {} exited {code}: {checks:?}", n.vm.name);
+        }
+    }
+    cluster.log("doctor: every node all ok");
+    let index = cluster
+        .vms
+        .iter()
+        .position(|v| v.group == "client" && !v.gone)
+        .context("no client running")?;
+
+    let client = &cluster.vms[index];
+    client.exec(&["systemctl", "stop", "consul"])?;
+    let named = doctor_names(
+        cluster,
+        client,
+        "Consul stopped",
+        "units",
+        "consul.service is enabled and inactive",
+    );
+    client.exec(&["systemctl", "start", "consul"])?;
+    named?;
+    doctor_all_ok(client, "Consul started").await?;
+
+    let config = "/etc/nomad.d/nomad.hcl";
+    let original = client.read(config).context("reading nomad.hcl")?;
+    let path = client.path(config).context("VM not running")?;
+    std::fs::write(&path, format!("{original}\n# edited by hand\n"))?;
+    let (code, checks) = doctor(client)?;
+    std::fs::write(&path, &original)?;
+    let configs = checks.get("configs");
+    if code == 0 || !configs.is_some_and(|c| c.level != "ok" && c.finding.contains("nomad.hcl")) {
+        bail!(
+            "doctor with nomad.hcl edited on {}: exit {code}, {configs:?}",
+            client.name
+        );
+    }
+    cluster.log(format!(
+        "doctor on {}, nomad.hcl edited by hand: configs {}: {}",
+        client.name,
+        configs.map(|c| c.level.as_str()).unwrap_or(""),
+        configs.map(|c| c.finding.as_str()).unwrap_or("")
+    ));
+    doctor_all_ok(client, "the edit was undone").await?;
+
+    let old = cluster.vms[index].set_imds_tag("kraken:node-class", Some("no spaces allowed"))?;
+    let named = doctor_names(
+        cluster,
+        &cluster.vms[index],
+        "a bad tag",
+        "tags",
+        "kraken:node-class has value \"no spaces allowed\"",
+    );
+    cluster.vms[index].set_imds_tag("kraken:node-class", old.as_deref())?;
+    named?;
+    doctor_all_ok(&cluster.vms[index], "the tag was fixed").await?;
+
+    cluster.vms[index].stop_imds();
+    let named = doctor_names(cluster, &cluster.vms[index], "IMDS unreachable", "imds", "");
+    cluster.vms[index].start_imds()?;
+    named?;
+    doctor_all_ok(&cluster.vms[index], "IMDS came back").await?;
+
+    // The node's Consul agent token, deleted in Consul, then put back with
+    // the same ids (the agent's config still holds its secret).
+    let tokens = cluster.tokens().await?;
+    let agent_secret = tokens
+        .all
+        .get(checks::CONSUL_AGENT)
+        .context("no agent token")?
+        .clone();
+    let server = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.group.is_consul_server())
+        .map(|n| n.vm.address.clone())
+        .context("no Consul server")?;
+    let token = cluster
+        .api
+        .get_ok(
+            &checks::consul_url(&server, "/v1/acl/token/self"),
+            Some(("X-Consul-Token", &agent_secret)),
+        )
+        .await?;
+    let accessor = token["AccessorID"]
+        .as_str()
+        .context("no AccessorID")?
+        .to_owned();
+    cluster
+        .api
+        .send_json(
+            reqwest::Method::DELETE,
+            &checks::consul_url(&server, &format!("/v1/acl/token/{accessor}")),
+            ("X-Consul-Token", &tokens.consul),
+            &serde_json::Value::Null,
+        )
+        .await?;
+    let client = &cluster.vms[index];
+    let named = doctor_names(
+        cluster,
+        client,
+        "its Consul token deleted",
+        "consul",
+        "does not know this node's agent token",
+    );
+    cluster
+        .api
+        .send_json(
+            reqwest::Method::PUT,
+            &checks::consul_url(&server, "/v1/acl/token"),
+            ("X-Consul-Token", &tokens.consul),
+            &serde_json::json!({
+                "AccessorID": accessor,
+                "SecretID": agent_secret,
+                "Description": token["Description"],
+                "Policies": token["Policies"],
+            }),
+        )
+        .await?;
+    named?;
+    doctor_all_ok(client, "the token was put back").await?;
+
+    // No leader: two of the three Consul servers stopped.
+    let servers: Vec<usize> = cluster
+        .vms
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.group == "server" && !v.gone)
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &servers[..2] {
+        cluster.vms[i].exec(&["systemctl", "stop", "consul"])?;
+    }
+    let survivor = &cluster.vms[servers[2]];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let named = loop {
+        let r = doctor_names(
+            cluster,
+            survivor,
+            "2 of 3 Consul servers stopped",
+            "consul",
+            "no Raft leader",
+        );
+        if r.is_ok() || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    for &i in &servers[..2] {
+        cluster.vms[i].exec(&["systemctl", "start", "consul"])?;
+    }
+    named?;
+    for n in cluster.nodes() {
+        doctor_all_ok(n.vm, "the servers came back").await?;
+    }
+    cluster.log("doctor: every node all ok again");
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct Vm {
     pub dir: PathBuf,
     pub nspawn_pid: u32,
     pub imds_pid: u32,
+    pub imds_bin: PathBuf,
     /// When the harness started the VM (Unix seconds, fractional).
     pub started_at: f64,
     /// Killed or shut down by the harness.
@@ -105,21 +106,9 @@ impl Launch<'_> {
                 },
             }
         });
-        let imds_json = dir.join("imds.json");
-        fs::write(&imds_json, serde_json::to_vec_pretty(&imds)?)?;
+        fs::write(dir.join("imds.json"), serde_json::to_vec_pretty(&imds)?)?;
         let netns = host::vm_netns(&self.name);
-        let imds_pid = host::spawn_daemon(
-            Path::new("ip"),
-            &[
-                "netns",
-                "exec",
-                &netns,
-                &self.imds_bin.to_string_lossy(),
-                "--instance",
-                &imds_json.to_string_lossy(),
-            ],
-            &dir.join("imds.log"),
-        )?;
+        let imds_pid = spawn_imds(&self.name, &dir, self.imds_bin)?;
 
         host::overlay_mount(self.image, &upper, &work, &root)?;
         write_user_data(&root, &self.name, self.user_data)?;
@@ -157,10 +146,27 @@ impl Launch<'_> {
             dir,
             nspawn_pid,
             imds_pid,
+            imds_bin: self.imds_bin.to_owned(),
             started_at,
             gone: false,
         })
     }
+}
+
+/// The fake IMDS of VM `name`, serving `dir/imds.json` in its namespace.
+fn spawn_imds(name: &str, dir: &Path, imds_bin: &Path) -> Result<u32> {
+    host::spawn_daemon(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &host::vm_netns(name),
+            &imds_bin.to_string_lossy(),
+            "--instance",
+            &dir.join("imds.json").to_string_lossy(),
+        ],
+        &dir.join("imds.log"),
+    )
 }
 
 fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> {
@@ -260,6 +266,36 @@ impl Vm {
                 line.split_whitespace().nth(1)?.parse().ok()
             })
             .max()
+    }
+
+    /// IMDS stops answering (the VM's metadata endpoint is gone).
+    pub fn stop_imds(&mut self) {
+        host::signal(self.imds_pid, Signal::SIGTERM);
+        host::wait_gone(self.imds_pid, Duration::from_secs(5));
+    }
+
+    /// IMDS back, serving the instance data as it is in `imds.json` now.
+    pub fn start_imds(&mut self) -> Result<()> {
+        self.imds_pid = spawn_imds(&self.name, &self.dir, &self.imds_bin)?;
+        Ok(())
+    }
+
+    /// Changes one instance tag as IMDS reports it (restarts the VM's IMDS);
+    /// `None` removes it. Returns the previous value.
+    pub fn set_imds_tag(&mut self, key: &str, value: Option<&str>) -> Result<Option<String>> {
+        let path = self.dir.join("imds.json");
+        let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)?;
+        let tags = doc["instance"]["tags"]
+            .as_object_mut()
+            .context("imds.json has no tags")?;
+        let old = match value {
+            Some(v) => tags.insert(key.to_owned(), v.into()),
+            None => tags.remove(key),
+        };
+        fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+        self.stop_imds();
+        self.start_imds()?;
+        Ok(old.and_then(|v| v.as_str().map(str::to_owned)))
     }
 
     /// A power cut: PID 1 of the VM is killed, which kills every process in
