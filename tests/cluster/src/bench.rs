@@ -22,6 +22,100 @@ use crate::topology::Topology;
 
 const PROXY_PORT: u16 = 5002;
 
+/// go-discover v1.1.0 (Consul's and Nomad's auto-join) forces EC2's
+/// dual-stack endpoint and refuses a custom endpoint with it ("Dualstack and
+/// custom endpoint are not supported"), so in the auto-join run the VMs
+/// resolve this name to the proxy, which serves it over TLS with a
+/// certificate from a CA the VMs trust; nothing else changes.
+const DUALSTACK_EC2: &str = "ec2.us-east-1.api.aws";
+
+/// A test CA and a certificate for [`DUALSTACK_EC2`]: (CA PEM, cert PEM,
+/// key PEM).
+fn dualstack_certificate() -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "kraken cluster bench CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec![DUALSTACK_EC2.to_owned()])?.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), leaf.pem(), key.serialize_pem()))
+}
+
+/// The caller's address, on either listener.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// axum's listener over TLS: handshakes inline (a handful of VMs).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+async fn start_tls_proxy(proxy: Proxy, cert_pem: &str, key_pem: &str) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    let listener = TlsListener {
+        tcp: tokio::net::TcpListener::bind((host::HUB_IP, 443))
+            .await
+            .context("binding the TLS proxy")?,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await;
+    });
+    Ok(())
+}
+
 /// Calls per (client address, action).
 type Counts = Arc<Mutex<BTreeMap<(String, String), u64>>>;
 
@@ -46,7 +140,7 @@ fn action(headers: &HeaderMap, body: &[u8]) -> String {
 
 async fn forward(
     State(proxy): State<Proxy>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -86,22 +180,21 @@ async fn forward(
     }
 }
 
-async fn start_proxy() -> Result<Counts> {
+/// The counting proxy, in plain HTTP on [`PROXY_PORT`] and as the
+/// dual-stack EC2 endpoint on 443.
+async fn start_proxy(cert_pem: &str, key_pem: &str) -> Result<Counts> {
     let counts = Counts::default();
     let proxy = Proxy {
         counts: counts.clone(),
         http: reqwest::Client::builder().no_proxy().build()?,
     };
+    start_tls_proxy(proxy.clone(), cert_pem, key_pem).await?;
     let app = axum::Router::new().fallback(forward).with_state(proxy);
     let listener = tokio::net::TcpListener::bind((host::HUB_IP, PROXY_PORT))
         .await
         .context("binding the counting proxy")?;
     tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await;
     });
     Ok(counts)
 }
@@ -147,6 +240,7 @@ async fn one_run(
     topology: Topology,
     auto_join: bool,
     counts: &Counts,
+    ca_pem: &str,
 ) -> Result<Run> {
     counts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let mut cluster = Cluster::create(paths.clone(), topology).await?;
@@ -155,7 +249,7 @@ async fn one_run(
     if auto_join {
         let join = |roles: &str| {
             format!(
-                "provider=aws region={} tag_key=kraken:roles tag_value={roles} addr_type=private_v4 endpoint={endpoint}",
+                "provider=aws region={} tag_key=kraken:roles tag_value={roles} addr_type=private_v4",
                 crate::cloud::REGION
             )
         };
@@ -168,6 +262,8 @@ async fn one_run(
         cluster.user_data.agent_toml.push_str(&format!(
             "consul_auto_join = \"{consul}\"\nnomad_auto_join = \"{nomad}\"\n"
         ));
+        cluster.user_data.hosts = vec![(host::HUB_IP.to_owned(), DUALSTACK_EC2.to_owned())];
+        cluster.user_data.extra_ca = Some(ca_pem.to_owned());
     }
     let variant = if auto_join {
         "cloud auto-join"
@@ -225,9 +321,10 @@ async fn one_run(
 /// stdout and a table on stderr. The caller has prepared the hub and tears
 /// down.
 pub async fn bench(paths: Paths, topology: Topology) -> Result<bool> {
-    let counts = start_proxy().await?;
-    let first = one_run(&paths, topology, false, &counts).await?;
-    let second = one_run(&paths, topology, true, &counts).await?;
+    let (ca, cert, key) = dualstack_certificate()?;
+    let counts = start_proxy(&cert, &key).await?;
+    let first = one_run(&paths, topology, false, &counts, &ca).await?;
+    let second = one_run(&paths, topology, true, &counts, &ca).await?;
     let runs = [first, second];
     println!(
         "{}",

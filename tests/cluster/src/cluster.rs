@@ -93,6 +93,8 @@ enabled = false
 refresh_secs = 15
 "#
         .into(),
+        hosts: Vec::new(),
+        extra_ca: None,
     }
 }
 

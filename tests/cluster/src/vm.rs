@@ -25,6 +25,10 @@ pub struct UserData {
     pub env: BTreeMap<String, String>,
     /// /etc/kraken/agent.toml
     pub agent_toml: String,
+    /// Extra /etc/hosts lines: (address, name).
+    pub hosts: Vec<(String, String)>,
+    /// A CA certificate (PEM) added to the system's trusted roots.
+    pub extra_ca: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,7 +196,31 @@ fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> 
         format!("{:032x}\n", fastrand::u128(1..)),
     )?;
     fs::create_dir_all(root.join("var/log/journal"))?;
+    append(
+        &root.join("etc/hosts"),
+        user_data
+            .hosts
+            .iter()
+            .map(|(a, n)| format!("{a} {n}\n"))
+            .collect::<String>(),
+    )?;
+    if let Some(ca) = &user_data.extra_ca {
+        // Debian's bundle, which Go and OpenSSL read.
+        append(&root.join("etc/ssl/certs/ca-certificates.crt"), ca.clone())?;
+    }
     Ok(())
+}
+
+fn append(path: &Path, text: String) -> Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut all = fs::read_to_string(path).unwrap_or_default();
+    if !all.is_empty() && !all.ends_with('\n') {
+        all.push('\n');
+    }
+    all.push_str(&text);
+    fs::write(path, all).with_context(|| format!("writing {}", path.display()))
 }
 
 impl Vm {
