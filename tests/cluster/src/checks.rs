@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::Path;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -52,25 +55,92 @@ pub struct Node<'a> {
     pub group: &'a Group,
 }
 
+/// Whether the cluster's Consul and Nomad APIs are HTTPS (the default) or
+/// plain HTTP (`--no-tls`): one setting for the whole harness.
+static TLS: AtomicBool = AtomicBool::new(true);
+
+pub fn set_tls(on: bool) {
+    TLS.store(on, Ordering::Relaxed);
+}
+
+pub fn tls() -> bool {
+    TLS.load(Ordering::Relaxed)
+}
+
+/// HTTPS clients presenting a node's certificates, as a person logged in on
+/// that node would (the operator environment's files).
+struct TlsClients {
+    consul: reqwest::Client,
+    nomad: reqwest::Client,
+}
+
 pub struct Api {
     http: reqwest::Client,
+    tls: RwLock<Option<TlsClients>>,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
 }
 
 impl Api {
     pub fn new() -> Api {
         Api {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .no_proxy()
-                .build()
-                .expect("reqwest client"),
+            http: builder().build().expect("reqwest client"),
+            tls: RwLock::new(None),
         }
+    }
+
+    pub fn has_tls_material(&self) -> bool {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Takes the cluster CA and the node's certificates from a running VM's
+    /// root (`/proc/<pid>/root`).
+    pub fn load_tls(&self, root: &Path) -> Result<()> {
+        let read = |p: &str| {
+            std::fs::read(root.join(p)).with_context(|| format!("reading /{p} in the VM"))
+        };
+        let ca = reqwest::Certificate::from_pem(&read("etc/consul.d/tls/ca.pem")?)?;
+        let client = |cert: &str, key: &str| -> Result<reqwest::Client> {
+            let mut pem = read(cert)?;
+            pem.extend(read(key)?);
+            Ok(builder()
+                .tls_certs_only([ca.clone()])
+                .identity(reqwest::Identity::from_pem(&pem)?)
+                .build()?)
+        };
+        let clients = TlsClients {
+            consul: client(
+                "etc/consul.d/tls/consul.pem",
+                "etc/consul.d/tls/consul-key.pem",
+            )?,
+            nomad: client("etc/nomad.d/tls/nomad.pem", "etc/nomad.d/tls/nomad-key.pem")?,
+        };
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(clients);
+        Ok(())
+    }
+
+    fn client(&self, url: &str) -> reqwest::Client {
+        if url.starts_with("https://") {
+            let tls = self.tls.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(tls) = tls.as_ref() {
+                return if url.contains(":4646") {
+                    tls.nomad.clone()
+                } else {
+                    tls.consul.clone()
+                };
+            }
+        }
+        self.http.clone()
     }
 
     /// GET with an optional token header; the status and the JSON body
     /// (Null when the body is not JSON).
     pub async fn get(&self, url: &str, token: Option<(&str, &str)>) -> Result<(u16, Value)> {
-        let mut req = self.http.get(url);
+        let mut req = self.client(url).get(url);
         if let Some((header, value)) = token {
             req = req.header(header, value);
         }
@@ -96,7 +166,7 @@ impl Api {
         body: &Value,
     ) -> Result<Value> {
         let resp = self
-            .http
+            .client(url)
             .request(method.clone(), url)
             .header(token.0, token.1)
             .json(body)
@@ -143,11 +213,16 @@ impl Tokens {
 }
 
 pub fn consul_url(address: &str, path: &str) -> String {
-    format!("http://{address}:8500{path}")
+    if tls() {
+        format!("https://{address}:8501{path}")
+    } else {
+        format!("http://{address}:8500{path}")
+    }
 }
 
 pub fn nomad_url(address: &str, path: &str) -> String {
-    format!("http://{address}:4646{path}")
+    let scheme = if tls() { "https" } else { "http" };
+    format!("{scheme}://{address}:4646{path}")
 }
 
 /// Every check of the cluster's state (not the web service).

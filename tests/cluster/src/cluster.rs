@@ -75,9 +75,16 @@ pub struct Cluster {
 /// local cluster's agent.toml: raw_exec for the web job, and no Docker
 /// engine in the local image.
 pub fn default_user_data(endpoint: &str) -> UserData {
+    // Plain HTTP only when asked (`--no-tls`): TLS is the agent's default.
+    let tls = if checks::tls() {
+        ""
+    } else {
+        "[tls]\nenabled = false\n\n"
+    };
     UserData {
         env: BTreeMap::from([("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned())]),
-        agent_toml: r#"# Written by the cluster harness, as cloud-init would from user-data.
+        agent_toml: format!(
+            r#"# Written by the cluster harness, as cloud-init would from user-data.
 [consul]
 # The API on the private address too, for the operator's checks from the
 # hub (ACLs deny anonymous callers).
@@ -89,10 +96,10 @@ raw_exec = true
 [docker]
 enabled = false
 
-[discovery]
+{tls}[discovery]
 refresh_secs = 15
 "#
-        .into(),
+        ),
         hosts: Vec::new(),
         extra_ca: None,
     }
@@ -289,8 +296,26 @@ impl Cluster {
             .collect()
     }
 
+    /// The management tokens, and (once a node has them) the certificates
+    /// to reach the APIs with: every API use starts here.
     pub async fn tokens(&self) -> Result<Tokens> {
+        self.ensure_tls()?;
         Tokens::from_secrets(self.cloud.secrets(CLUSTER).await?)
+    }
+
+    pub fn ensure_tls(&self) -> Result<()> {
+        if !checks::tls() || self.api.has_tls_material() {
+            return Ok(());
+        }
+        let mut last = anyhow::anyhow!("no VM is running");
+        for vm in self.vms.iter().filter(|v| !v.gone) {
+            match vm.path("/").map(|root| self.api.load_tls(&root)) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => last = e,
+                None => {}
+            }
+        }
+        Err(last.context("no node has its TLS certificates yet"))
     }
 
     pub async fn checks(&self) -> Vec<Check> {

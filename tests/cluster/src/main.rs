@@ -29,6 +29,9 @@ use topology::Topology;
 struct Cli {
     #[command(flatten)]
     paths: Paths,
+    /// Run Consul and Nomad over plain HTTP (`[tls] enabled = false`).
+    #[arg(long, global = true)]
+    no_tls: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +59,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    checks::set_tls(!cli.no_tls);
     let result = match cli.command {
         Command::Down => {
             cluster::teardown(&cli.paths);
