@@ -501,6 +501,9 @@ async fn secrets_check(
             if spec.has(Role::ConsulServer) && s.initial_management.is_none() {
                 missing.push(names::CONSUL_INITIAL_MANAGEMENT);
             }
+            if spec.has(Role::NomadServer) && s.nomad_gossip_key.is_none() {
+                missing.push(names::NOMAD_GOSSIP_KEY);
+            }
             if s.consul_agent.is_none() {
                 missing.push(names::CONSUL_AGENT);
             }

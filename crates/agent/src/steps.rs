@@ -56,8 +56,9 @@ pub enum SecretsMode {
 }
 
 /// Step 3: the cluster secrets this node's configs carry: the gossip key,
-/// on Consul servers the initial-management token, and the role tokens the
-/// bootstrap creates, if they exist yet.
+/// on Consul servers the initial-management token, on Nomad servers
+/// Nomad's gossip key, and the role tokens the bootstrap creates, if they
+/// exist yet.
 pub async fn secrets(
     store: &Store,
     spec: &NodeSpec,
@@ -87,8 +88,22 @@ pub async fn secrets(
         Some(name) => store.get(name).await?,
         None => None,
     };
+    // Nomad servers create their own gossip key: they are the only readers,
+    // and IAM already lets them create their cluster's Nomad secrets.
+    let nomad_gossip_key = match mode {
+        SecretsMode::Boot if spec.has(Role::NomadServer) => Some(
+            store
+                .get_or_create(names::NOMAD_GOSSIP_KEY, Secret::gossip_key)
+                .await?,
+        ),
+        SecretsMode::ReadOnly if spec.has(Role::NomadServer) => {
+            store.get(names::NOMAD_GOSSIP_KEY).await?
+        }
+        _ => None,
+    };
     Ok(RenderSecrets {
         gossip_key,
+        nomad_gossip_key,
         initial_management,
         consul_agent: store.get(names::CONSUL_AGENT).await?,
         nomad_consul,

@@ -14,6 +14,8 @@ pub struct RenderSecrets {
     pub consul_agent: Option<Secret>,
     /// The Consul token of this node's Nomad role.
     pub nomad_consul: Option<Secret>,
+    /// Nomad servers only.
+    pub nomad_gossip_key: Option<Secret>,
 }
 
 /// The variables every template sees. `docs/templates.md` documents them;
@@ -79,6 +81,7 @@ pub fn context(
             "initial_management": secrets.initial_management.as_ref().map(Secret::expose),
             "consul_agent": secrets.consul_agent.as_ref().map(Secret::expose),
             "nomad_consul": secrets.nomad_consul.as_ref().map(Secret::expose),
+            "nomad_gossip_key": secrets.nomad_gossip_key.as_ref().map(Secret::expose),
         },
         "docker": {
             "log_driver": match settings.docker.log_driver {

@@ -64,6 +64,9 @@ pub mod names {
     pub const CONSUL_NOMAD_CLIENT: &str = "consul/tokens/nomad-client";
     /// Nomad's management token, the `BootstrapSecret` of `nomad acl bootstrap`.
     pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
+    /// The Nomad servers' gossip encryption key; Nomad servers create and
+    /// read it (Nomad clients do not gossip).
+    pub const NOMAD_GOSSIP_KEY: &str = "nomad/gossip-key";
 }
 
 /// A secret value. Prints as `<redacted>`; [`Secret::expose`] is the only way

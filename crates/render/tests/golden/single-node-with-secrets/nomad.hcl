@@ -21,6 +21,9 @@ server {
   enabled          = true
   bootstrap_expect = 1
 
+  # Gossip encryption key of the Nomad servers (from the secret store).
+  encrypt = "bm9tYWQgZ29sZGVuIGZpbGUsIG5vdCBhIGtleSEhISE="
+
   server_join {
     retry_join     = ["10.9.0.5"]
     retry_interval = "15s"
