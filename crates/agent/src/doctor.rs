@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kraken_discovery::Ec2Peers;
-use kraken_hashi::{Consul, Nomad, Token};
+use kraken_hashi::Token;
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Role, Settings};
 use kraken_render::{RenderSecrets, RenderedFile};
@@ -682,14 +682,14 @@ async fn consul_check(
     token: Option<Token>,
     agent_token: Option<Token>,
 ) -> Check {
-    let consul = match Consul::new(&settings.consul.http_addr, token) {
+    let consul = match crate::tls::consul_client(settings, token) {
         Ok(c) => c,
         Err(e) => {
             return Check::bad(
                 "consul",
                 Level::Fail,
                 e.to_string(),
-                "consul.http_addr is wrong",
+                "consul.http_addr is wrong or the TLS files are unreadable",
                 "check /etc/kraken/agent.toml",
             );
         }
@@ -776,14 +776,14 @@ async fn consul_check(
 }
 
 async fn nomad_check(settings: &Settings, spec: &NodeSpec) -> Check {
-    let nomad = match Nomad::new(&settings.nomad.http_addr, None) {
+    let nomad = match crate::tls::nomad_client(settings, None) {
         Ok(n) => n,
         Err(e) => {
             return Check::bad(
                 "nomad",
                 Level::Fail,
                 e.to_string(),
-                "nomad.http_addr is wrong",
+                "nomad.http_addr is wrong or the TLS files are unreadable",
                 "check /etc/kraken/agent.toml",
             );
         }
@@ -867,7 +867,7 @@ async fn bootstrap_check(
             "this role cannot read the bootstrap state; the secrets check shows its outcome",
         );
     };
-    let Ok(consul) = Consul::new(&settings.consul.http_addr, Some(token)) else {
+    let Ok(consul) = crate::tls::consul_client(settings, Some(token)) else {
         return Check::skip("bootstrap", "consul.http_addr is not valid");
     };
     let key = format!("kraken/{}/bootstrap/", spec.cluster);

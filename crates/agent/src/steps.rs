@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
 use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
-use kraken_hashi::{Consul, Nomad, Token};
+use kraken_hashi::Token;
 use kraken_identity::{Identity, IdentityProvider};
 use kraken_intent::{NodeSpec, Role, Settings};
 use kraken_render::{Change, RenderSecrets, RenderedFile, Renderer, Service};
@@ -137,7 +137,7 @@ pub async fn bootstrap(
     secrets: &RenderSecrets,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<kraken_bootstrap::Report>, BootError> {
-    let consul = Consul::new(&settings.consul.http_addr, None).map_err(hashi_err)?;
+    let consul = crate::tls::consul_client(settings, None)?;
     let lease = LeaseSettings {
         ttl: Duration::from_secs(settings.bootstrap.lease_ttl_secs),
         lock_delay: Duration::from_secs(settings.bootstrap.lock_delay_secs),
@@ -167,7 +167,7 @@ pub async fn bootstrap(
         status("bootstrap: Nomad ACLs");
         let b = Bootstrap {
             consul: consul.with_token(Some(Token::new(token.expose()))),
-            nomad: Some(Nomad::new(&settings.nomad.http_addr, None).map_err(hashi_err)?),
+            nomad: Some(crate::tls::nomad_client(settings, None)?),
             store,
             cluster: spec.cluster.clone(),
             node: node.to_owned(),

@@ -167,7 +167,9 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, format!("kraken {cluster} root CA"));
-        params.distinguished_name.push(DnType::OrganizationName, "kraken");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "kraken");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -217,7 +219,9 @@ impl Ca {
             DnType::CommonName,
             format!("kraken {} {authority} CA", names.cluster),
         );
-        params.distinguished_name.push(DnType::OrganizationName, "kraken");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "kraken");
         // No sub-CAs below an intermediate.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -481,12 +485,11 @@ fn to_system_time(unix: i64) -> SystemTime {
 }
 
 fn pem_der(pem: &str, what: &str) -> Result<Vec<u8>, PkiError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| {
-        PkiError::Certificate {
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| PkiError::Certificate {
             what: what.into(),
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(p.contents)
 }
 
@@ -602,7 +605,11 @@ mod tests {
             .issue_intermediate(Authority::NomadClient, &names())
             .unwrap();
         let err = i
-            .issue(&["server.global.nomad".into()], &[], Duration::from_secs(60))
+            .issue(
+                &["server.global.nomad".into()],
+                &[],
+                Duration::from_secs(60),
+            )
             .unwrap_err();
         assert!(matches!(err, PkiError::NotPermitted { .. }), "{err}");
         assert!(!i.permits("server.global.nomad"));
@@ -626,9 +633,7 @@ mod tests {
         let i = ca
             .issue_intermediate(Authority::ConsulServer, &names())
             .unwrap();
-        let leaf = i
-            .issue(&["server.dc1.consul".into()], &[], YEAR)
-            .unwrap();
+        let leaf = i.issue(&["server.dc1.consul".into()], &[], YEAR).unwrap();
         assert!(leaf.info.not_after <= i.not_after());
         let info = CertInfo {
             not_before: SystemTime::UNIX_EPOCH,

@@ -40,13 +40,13 @@ nomad_data_dir = "{d}/nomad-data"
 status_dir = "{d}/run"
 
 [consul]
-http_addr = "http://{ip}:8500"
+http_addr = "https://{ip}:8501"
 client_addr = "{ip}"
 user = "root"
 group = "root"
 
 [nomad]
-http_addr = "http://{ip}:4646"
+http_addr = "https://{ip}:4646"
 bind_addr = "{ip}"
 raw_exec = true
 network_interface = "lo"
@@ -112,6 +112,38 @@ impl Node {
             )
             .args(args);
         cmd
+    }
+
+    /// The node's TLS files for `service` ("consul" or "nomad"): what the
+    /// agent and the operator environment use.
+    pub fn tls(&self, service: &str) -> kraken_hashi::ClientTls {
+        let dir = self.dir.path().join(format!("{service}.d/tls"));
+        kraken_hashi::ClientTls::from_files(
+            &dir.join("ca.pem"),
+            Some((
+                &dir.join(format!("{service}.pem")),
+                &dir.join(format!("{service}-key.pem")),
+            )),
+        )
+        .unwrap()
+    }
+
+    pub fn consul(&self, token: Option<kraken_hashi::Token>) -> kraken_hashi::Consul {
+        kraken_hashi::Consul::with_tls(
+            &format!("https://{}:8501", self.ip),
+            token,
+            Some(&self.tls("consul")),
+        )
+        .unwrap()
+    }
+
+    pub fn nomad(&self, token: Option<kraken_hashi::Token>) -> kraken_hashi::Nomad {
+        kraken_hashi::Nomad::with_tls(
+            &format!("https://{}:4646", self.ip),
+            token,
+            Some(&self.tls("nomad")),
+        )
+        .unwrap()
     }
 
     pub fn log(&self) -> String {
