@@ -298,7 +298,12 @@ async fn doctor_names_a_lost_quorum() {
     .await
     .unwrap();
     let dir = kraken_testkit::TestDir::new("doctor-quorum");
-    let settings = format!("[consul]\nhttp_addr = \"{}\"\n", cluster.http_url(0));
+    // The testkit's cluster speaks plain HTTP.
+    let settings = format!(
+        "[tls]\nenabled = false\n\n[nomad]\nhttp_addr = \"http://127.0.0.1:4646\"\n\n\
+         [consul]\nhttp_addr = \"{}\"\n",
+        cluster.http_url(0)
+    );
     let env = AwsEnv::new(&moto.endpoint(), &imds.endpoint());
     // Two of three servers die.
     cluster.stop_server(1);

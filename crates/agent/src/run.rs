@@ -86,6 +86,7 @@ struct Converged {
     /// This node's intermediates, with TLS on: the watch loop renews the
     /// leaf certificates with them.
     authorities: Option<tls::NodeAuthorities>,
+    store: Store,
 }
 
 fn unit_of(settings: &Settings, service: Service) -> String {
@@ -337,6 +338,7 @@ impl Agent {
             ec2,
             nomad_token,
             authorities,
+            store,
         })
     }
 
@@ -360,8 +362,30 @@ impl Agent {
         let mut nomad = tls::nomad_client(&settings, nomad_token.clone())?;
         let manager = Systemctl::new(&settings.start.systemctl);
         let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
+        let token_period = Duration::from_secs(settings.bootstrap.token_check_secs.max(1));
+        let mut tokens_checked = std::time::Instant::now();
         loop {
             tokio::time::sleep(period).await;
+            if tokens_checked.elapsed() >= token_period {
+                tokens_checked = std::time::Instant::now();
+                let secrets = self.secrets.clone();
+                match steps::repair_tokens(
+                    &settings,
+                    &node.spec,
+                    &node.identity.instance_id,
+                    &node.store,
+                    &secrets,
+                )
+                .await
+                {
+                    Ok(repaired) if !repaired.is_empty() => {
+                        log::info!("recreated Consul tokens: {}", repaired.join(", "));
+                        self.step("token-repair", json!({ "recreated": repaired }));
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("token check failed, trying again later: {e}"),
+                }
+            }
             if let Some(authorities) = &node.authorities
                 && self.renew(&node, authorities, &manager).await
             {

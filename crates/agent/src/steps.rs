@@ -179,6 +179,35 @@ pub async fn bootstrap(
     Ok(reports)
 }
 
+/// Token upkeep after the bootstrap, on Consul servers: recreates any role
+/// token Consul has lost (see `Bootstrap::repair_tokens`). Other nodes
+/// cannot (no management token) and do nothing.
+pub async fn repair_tokens(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    store: &Store,
+    secrets: &RenderSecrets,
+) -> Result<Vec<&'static str>, BootError> {
+    let Some(management) = secrets.initial_management.as_ref() else {
+        return Ok(Vec::new());
+    };
+    if !spec.has(Role::ConsulServer) {
+        return Ok(Vec::new());
+    }
+    let consul = crate::tls::consul_client(settings, Some(Token::new(management.expose())))?;
+    let b = Bootstrap {
+        consul,
+        nomad: None,
+        store,
+        cluster: spec.cluster.clone(),
+        node: node.to_owned(),
+        lease: LeaseSettings::default(),
+        crash_after: None,
+    };
+    Ok(b.repair_tokens().await?)
+}
+
 /// Waits, with backoff, until `name` exists in the store.
 pub async fn wait_for_secret(
     store: &Store,

@@ -388,6 +388,9 @@ pub struct BootstrapSettings {
     /// How long a node waits for its role's tokens to appear in the
     /// secret store before reporting and trying again.
     pub token_wait_secs: u64,
+    /// How often a running Consul server checks that the role tokens still
+    /// exist in Consul, and recreates any that do not.
+    pub token_check_secs: u64,
 }
 
 impl Default for BootstrapSettings {
@@ -396,6 +399,7 @@ impl Default for BootstrapSettings {
             lease_ttl_secs: 15,
             lock_delay_secs: 5,
             token_wait_secs: 600,
+            token_check_secs: 300,
         }
     }
 }

@@ -145,9 +145,10 @@ fn offset(t: SystemTime) -> OffsetDateTime {
 }
 
 /// A little before now: a node whose clock is a few seconds behind the
-/// issuer's still accepts the certificate.
-fn backdated(now: SystemTime) -> SystemTime {
-    now - Duration::from_secs(60)
+/// issuer's still accepts the certificate. At most a twentieth of the
+/// lifetime, so that short test lifetimes still renew on schedule.
+fn backdated(now: SystemTime, lifetime: Duration) -> SystemTime {
+    now - Duration::from_secs(60).min(lifetime / 20)
 }
 
 impl Ca {
@@ -176,7 +177,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.not_before = offset(backdated(now));
+        params.not_before = offset(backdated(now, lifetime));
         params.not_after = offset(now + lifetime);
         params.serial_number = Some(serial());
         params
@@ -238,7 +239,7 @@ impl Ca {
             excluded_subtrees: Vec::new(),
         });
         let now = SystemTime::now();
-        params.not_before = offset(backdated(now));
+        params.not_before = offset(backdated(now, Duration::from_secs(3600)));
         params.not_after = offset(root_not_after);
         params.serial_number = Some(serial());
         params.use_authority_key_identifier_extension = true;
@@ -411,7 +412,7 @@ impl Intermediate {
         ];
         let now = SystemTime::now();
         let not_after = (now + lifetime).min(self.not_after);
-        params.not_before = offset(backdated(now));
+        params.not_before = offset(backdated(now, lifetime));
         params.not_after = offset(not_after);
         params.serial_number = Some(serial());
         params.use_authority_key_identifier_extension = true;

@@ -38,6 +38,7 @@ docker_daemon_json = "{d}/docker/daemon.json"
 consul_data_dir = "{d}/consul-data"
 nomad_data_dir = "{d}/nomad-data"
 status_dir = "{d}/run"
+operator_env = "{d}/kraken-env.sh"
 
 [consul]
 http_addr = "https://{ip}:8501"
@@ -168,6 +169,11 @@ pub fn shim_path() -> PathBuf {
 /// of each) and waits for `READY=1`. IMDS does not answer for the first
 /// `imds_outage`.
 pub async fn boot(imds_outage: Duration) -> Node {
+    boot_with(imds_outage, "").await
+}
+
+/// [`boot`] with more agent.toml sections (`extra`) after the usual ones.
+pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
     let ip = LoopbackAddrs::allocate(1)[0];
     let [_, b, c, _] = ip.octets();
     let moto = Moto::start().await;
@@ -195,7 +201,7 @@ pub async fn boot(imds_outage: Duration) -> Node {
     std::fs::write(
         &config,
         format!(
-            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n",
+            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n{extra}",
             settings(ip, dir.path())
         ),
     )
