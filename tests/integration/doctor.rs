@@ -101,9 +101,9 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert!(code >= 1);
     std::fs::write(&consul_hcl, &original).unwrap();
 
-    // A certificate expiring in 5 days.
+    // A certificate expiring in 5 days: long past the point it should
+    // have been renewed.
     let tls = node.dir.path().join("consul.d/tls");
-    std::fs::create_dir_all(&tls).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["server.dc1.consul".into()]).unwrap();
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     let soon = std::time::SystemTime::now() + Duration::from_secs(5 * 86_400);
@@ -119,10 +119,33 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert_eq!(c["level"], "warn", "{c:#}");
     let finding = c["finding"].as_str().unwrap();
     assert!(
-        finding.contains("in 4 days") || finding.contains("in 5 days"),
+        finding.contains("past its renewal time")
+            && (finding.contains("(server.dc1.consul) has 4d left")
+                || finding.contains("(server.dc1.consul) has 5d left")),
         "{c:#}"
     );
-    std::fs::remove_dir_all(&tls).unwrap();
+    std::fs::remove_file(tls.join("server.pem")).unwrap();
+
+    // A CA with 100 days left: a warning months ahead.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = (std::time::SystemTime::now() + Duration::from_secs(100 * 86_400)).into();
+    std::fs::write(
+        tls.join("old-ca.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    let (_, checks) = doctor(&node);
+    let c = check(&checks, "tls");
+    assert_eq!(c["level"], "warn", "{c:#}");
+    let finding = c["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("expires in 99 days") || finding.contains("expires in 100 days"),
+        "{c:#}"
+    );
+    assert!(c["next"].as_str().unwrap().contains("Rotating the cluster CA"), "{c:#}");
+    std::fs::remove_file(tls.join("old-ca.pem")).unwrap();
 
     // This node's Consul token deleted in Consul.
     let store = secret_store(&node).await;

@@ -761,8 +761,8 @@ async fn consul_check(
                 "consul",
                 Level::Fail,
                 format!("{finding}; Consul does not know this node's agent token"),
-                "the token was deleted or expired in Consul",
-                "consul acl token list | grep kraken; restore it from the secret store (docs/operations.md)",
+                "the token was deleted in Consul; the agent on a Consul server recreates it within bootstrap.token_check_secs",
+                "consul acl token list | grep kraken; journalctl -u kraken-agent | grep 'recreated Consul tokens'",
             ),
             Err(e) => Check::bad(
                 "consul",
@@ -927,66 +927,105 @@ async fn host_checks(settings: &Settings, spec: Option<&NodeSpec>, checks: &mut 
     checks.push(oom_check());
 }
 
+/// Every certificate in the Consul and Nomad config directories, with the
+/// life it has left. A leaf is a problem once it is well past the point
+/// the agent renews it (the agent is not renewing); a CA is a warning
+/// `tls.ca_warn_days` ahead (rotating it takes planning: docs/operations.md).
 fn tls_check(settings: &Settings) -> Check {
-    let mut certs = Vec::new();
+    let mut files = Vec::new();
     for dir in [
         &settings.paths.consul_config_dir,
         &settings.paths.nomad_config_dir,
     ] {
-        collect_pem(dir, 2, &mut certs);
+        collect_pem(dir, 2, &mut files);
     }
-    if certs.is_empty() {
-        return Check::ok(
-            "tls",
-            "no certificates in the Consul or Nomad config directories",
-        );
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut worst: Option<(i64, String)> = None;
-    let mut count = 0;
-    for path in certs {
-        let Ok(bytes) = std::fs::read(&path) else {
+    files.sort();
+    let now = std::time::SystemTime::now();
+    let days = |d: std::time::Duration| d.as_secs() / 86_400;
+    let life = |d: std::time::Duration| {
+        if d.as_secs() >= 2 * 86_400 {
+            format!("{}d", days(d))
+        } else {
+            format!("{}h{:02}m", d.as_secs() / 3600, d.as_secs() % 3600 / 60)
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut parts = Vec::new();
+    let mut expired = Vec::new();
+    let mut overdue = Vec::new();
+    let mut ca_soon = Vec::new();
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes).flatten() {
-            if pem.label != "CERTIFICATE" {
+        for (i, der) in kraken_pki::certificates(&text).iter().enumerate() {
+            // The same CA appears in several files: count it once.
+            if !seen.insert(der.clone()) {
                 continue;
             }
-            let Ok(cert) = pem.parse_x509() else { continue };
-            count += 1;
-            let left = cert.validity().not_after.timestamp() - now;
-            let name = format!("{} ({})", path.display(), cert.subject());
-            if worst.as_ref().is_none_or(|(w, _)| left < *w) {
-                worst = Some((left, name));
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            let Ok(info) = kraken_pki::inspect_der(der, "") else {
+                continue;
+            };
+            let left = info.remaining(now);
+            let name = match path.file_name() {
+                Some(f) if i == 0 => f.to_string_lossy().into_owned(),
+                Some(f) => format!("{} #{}", f.to_string_lossy(), i + 1),
+                None => path.display().to_string(),
+            };
+            let what = if cert.is_ca() {
+                format!("CA {}", cert.subject())
+            } else {
+                info.dns_names.first().cloned().unwrap_or_else(|| cert.subject().to_string())
+            };
+            parts.push(format!("{name} ({what}) {}", life(left)));
+            let lifetime = info
+                .not_after
+                .duration_since(info.not_before)
+                .unwrap_or_default();
+            if left.is_zero() {
+                expired.push(format!("{} ({what})", path.display()));
+            } else if cert.is_ca() {
+                if days(left) < settings.tls.ca_warn_days {
+                    ca_soon.push(format!("{what} expires in {} days", days(left)));
+                }
+            } else if left < lifetime.mul_f64((1.0 - settings.tls.renew_fraction) * 0.75) {
+                overdue.push(format!("{} ({what}) has {} left", path.display(), life(left)));
             }
         }
     }
-    let Some((left, name)) = worst else {
+    if parts.is_empty() {
         return Check::ok(
             "tls",
             "no certificates in the Consul or Nomad config directories",
         );
-    };
-    let days = left / 86_400;
-    let finding = format!("{count} certificates; the first to expire is {name}, in {days} days");
-    if left <= 0 {
+    }
+    let finding = parts.join("; ");
+    if !expired.is_empty() {
         Check::bad(
             "tls",
             Level::Fail,
-            format!("{name} has expired"),
-            "the certificate was not renewed",
-            "openssl x509 -noout -enddate -in <file>; renew it (docs/operations.md)",
+            format!("expired: {}; {finding}", expired.join(", ")),
+            "the certificate was not renewed (is kraken-agent running?)",
+            "systemctl status kraken-agent; journalctl -u kraken-agent | grep -i certificate",
         )
-    } else if days < 14 {
+    } else if !overdue.is_empty() {
         Check::bad(
             "tls",
             Level::Warn,
-            finding,
-            "the certificate is close to expiry and has not been renewed",
-            "openssl x509 -noout -enddate -in <file>; renew it before it expires",
+            format!("past its renewal time: {}; {finding}", overdue.join(", ")),
+            "kraken-agent renews leaf certificates at tls.renew_fraction of their life and has not",
+            "systemctl status kraken-agent; journalctl -u kraken-agent | grep -i certificate",
+        )
+    } else if !ca_soon.is_empty() {
+        Check::bad(
+            "tls",
+            Level::Warn,
+            format!("{}; {finding}", ca_soon.join(", ")),
+            "the cluster CA is not renewed automatically",
+            "rotate the cluster CA (docs/operations.md, \"Rotating the cluster CA\")",
         )
     } else {
         Check::ok("tls", finding)
