@@ -144,7 +144,13 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         finding.contains("expires in 99 days") || finding.contains("expires in 100 days"),
         "{c:#}"
     );
-    assert!(c["next"].as_str().unwrap().contains("Rotating the cluster CA"), "{c:#}");
+    assert!(
+        c["next"]
+            .as_str()
+            .unwrap()
+            .contains("Rotating the cluster CA"),
+        "{c:#}"
+    );
     std::fs::remove_file(tls.join("old-ca.pem")).unwrap();
 
     // This node's Consul token deleted in Consul.
@@ -159,11 +165,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         .await
         .unwrap()
         .unwrap();
-    let consul = Consul::new(
-        &format!("http://{}:8500", node.ip),
-        Some(Token::new(management.expose())),
-    )
-    .unwrap();
+    let consul = node.consul(Some(Token::new(management.expose())));
     let accessor = consul
         .with_token(Some(Token::new(agent_token.expose())))
         .acl_token_self()
@@ -171,8 +173,8 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         .unwrap()
         .unwrap()
         .accessor_id;
-    kraken_testkit::http_client()
-        .delete(format!("http://{}:8500/v1/acl/token/{accessor}", node.ip))
+    node_http(node.dir.path(), "consul")
+        .delete(format!("https://{}:8501/v1/acl/token/{accessor}", node.ip))
         .header("X-Consul-Token", management.expose())
         .send()
         .await

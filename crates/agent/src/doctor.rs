@@ -978,7 +978,10 @@ fn tls_check(settings: &Settings) -> Check {
             let what = if cert.is_ca() {
                 format!("CA {}", cert.subject())
             } else {
-                info.dns_names.first().cloned().unwrap_or_else(|| cert.subject().to_string())
+                info.dns_names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| cert.subject().to_string())
             };
             parts.push(format!("{name} ({what}) {}", life(left)));
             let lifetime = info
@@ -992,7 +995,11 @@ fn tls_check(settings: &Settings) -> Check {
                     ca_soon.push(format!("{what} expires in {} days", days(left)));
                 }
             } else if left < lifetime.mul_f64((1.0 - settings.tls.renew_fraction) * 0.75) {
-                overdue.push(format!("{} ({what}) has {} left", path.display(), life(left)));
+                overdue.push(format!(
+                    "{} ({what}) has {} left",
+                    path.display(),
+                    life(left)
+                ));
             }
         }
     }
