@@ -419,3 +419,66 @@ async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
             .contains("recreated Consul tokens: consul/tokens/agent")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nomad_client_reads_only_its_own_intermediates_and_cannot_issue_a_server_certificate() {
+    // IAM is what keeps pki/nomad-server and pki/ca from a Nomad client's
+    // instance role (docs/secrets.md). moto checks every SSM call against
+    // the resource "*", so it cannot show a per-parameter policy: this test
+    // shows what the agent asks for, and that the one intermediate it gets
+    // cannot make a server certificate.
+    let moto = kraken_testkit::Moto::start().await;
+    let settings = kraken_intent::Settings::default();
+    let spec = |roles: &str| {
+        kraken_intent::NodeSpec::from_tags(
+            &tags(&[("kraken:cluster", "roles"), ("kraken:roles", roles)]),
+            &settings.intent,
+        )
+        .unwrap()
+    };
+    let mode = kraken_agent::steps::SecretsMode::Boot;
+    let store = moto_store(&moto.endpoint(), "roles", TEST_KEY).await;
+    let server = kraken_agent::tls::authorities(&store, &spec("consul-server"), &settings, mode)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        server.consul.permitted(),
+        ["server.dc1.consul", "localhost"]
+    );
+
+    let client = kraken_agent::tls::authorities(&store, &spec("nomad-client"), &settings, mode)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        client.consul.permitted(),
+        ["client.dc1.consul", "localhost"]
+    );
+    let nomad = client.nomad.unwrap();
+    assert_eq!(nomad.permitted(), ["client.global.nomad", "localhost"]);
+    for name in [
+        "server.global.nomad",
+        "server.dc1.consul",
+        "x.server.global.nomad",
+    ] {
+        let err = nomad
+            .issue(&[name.to_owned()], &[], Duration::from_secs(600))
+            .unwrap_err();
+        assert!(err.to_string().contains("may not issue"), "{err}");
+        let err = client
+            .consul
+            .issue(&[name.to_owned()], &[], Duration::from_secs(600))
+            .unwrap_err();
+        assert!(err.to_string().contains("may not issue"), "{err}");
+    }
+    // What each role reads: nothing that can sign for a server.
+    assert_eq!(
+        kraken_agent::tls::consul_authority(&spec("nomad-client")),
+        Authority::ConsulClient
+    );
+    assert_eq!(
+        kraken_agent::tls::nomad_authority(&spec("nomad-client")),
+        Some(Authority::NomadClient)
+    );
+}
