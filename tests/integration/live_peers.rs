@@ -379,7 +379,7 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
                 &format!("{}:8501", path_ip(d.path())),
                 &consul.http_addr().to_string(),
             )
-            .replace("ssl        = true", "ssl        = false");
+            .replace("ssl          = true", "ssl          = false");
         std::fs::write(&path, text).unwrap();
     }
     let server = Processes::new(vec![(

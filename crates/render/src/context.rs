@@ -91,6 +91,11 @@ pub fn context(
             "raw_exec": settings.nomad.raw_exec,
             "network_interface": settings.nomad.network_interface,
             "consul_address": consul_host,
+            // Consul's gRPC-TLS port on the same host, for Connect sidecars.
+            "consul_grpc_address": format!(
+                "{}:8503",
+                consul_host.rsplit_once(':').map_or(consul_host, |(host, _)| host)
+            ),
             "http_addr": settings.nomad.http_addr,
         },
         "secrets": {

@@ -68,11 +68,12 @@ tls {
 
 consul {
   address = "127.0.0.1:8501"
-  ssl        = true
-  verify_ssl = true
-  ca_file    = "/etc/consul.d/tls/ca.pem"
-  cert_file  = "/etc/consul.d/tls/consul.pem"
-  key_file   = "/etc/consul.d/tls/consul-key.pem"
+  ssl          = true
+  verify_ssl   = true
+  grpc_address = "127.0.0.1:8503"
+  ca_file      = "/etc/consul.d/tls/ca.pem"
+  cert_file    = "/etc/consul.d/tls/consul.pem"
+  key_file     = "/etc/consul.d/tls/consul-key.pem"
 }
 
 acl {
