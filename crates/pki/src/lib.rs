@@ -661,4 +661,67 @@ mod tests {
         let err = Intermediate::from_bundle(&bundle, "forged").unwrap_err();
         assert!(err.to_string().contains("no DNS name constraints"), "{err}");
     }
+
+    /// What the agent's rustls clients do with a chain: webpki path
+    /// building, which enforces name constraints on the way.
+    fn webpki_verifies(root_pem: &str, leaf: &Leaf) -> Result<(), webpki::Error> {
+        use rustls_pki_types::{CertificateDer, UnixTime};
+        let root = CertificateDer::from(certificates(root_pem).remove(0));
+        let anchor = webpki::anchor_from_trusted_cert(&root)?;
+        let chain = certificates(&leaf.chain_pem);
+        let ee_der = CertificateDer::from(chain[0].clone());
+        let intermediates = vec![CertificateDer::from(chain[1].clone())];
+        let ee = webpki::EndEntityCert::try_from(&ee_der)?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn webpki_rejects_a_server_name_forged_with_a_client_intermediate() {
+        let ca = Ca::generate("c1", YEAR).unwrap();
+        let client = ca
+            .issue_intermediate(Authority::NomadClient, &names())
+            .unwrap();
+        let honest = client
+            .issue(
+                &["client.global.nomad".into()],
+                &[],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        webpki_verifies(ca.cert_pem(), &honest).unwrap();
+        let forged = client
+            .issue_unchecked(
+                &["server.global.nomad".into()],
+                &[],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let err = webpki_verifies(ca.cert_pem(), &forged).unwrap_err();
+        assert!(
+            matches!(err, webpki::Error::NameConstraintViolation),
+            "{err:?}"
+        );
+        // The same forgery under the server intermediate would verify: the
+        // constraint is what tells them apart.
+        let server = ca
+            .issue_intermediate(Authority::NomadServer, &names())
+            .unwrap();
+        let real = server
+            .issue(
+                &["server.global.nomad".into()],
+                &[],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        webpki_verifies(ca.cert_pem(), &real).unwrap();
+    }
 }
