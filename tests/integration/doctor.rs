@@ -77,6 +77,14 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
             .starts_with("done")
     );
     assert!(
+        check(&checks, "nomad")["finding"]
+            .as_str()
+            .unwrap()
+            .ends_with("management token valid, does not expire"),
+        "{:#}",
+        check(&checks, "nomad")
+    );
+    assert!(
         check(&checks, "consul")["finding"]
             .as_str()
             .unwrap()
@@ -152,6 +160,18 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         "{c:#}"
     );
     std::fs::remove_file(tls.join("old-ca.pem")).unwrap();
+
+    // The node's intermediate gone from the store: named by the secrets
+    // check (a node booting now would wait for it).
+    let store = secret_store(&node).await;
+    let name = kraken_secrets::names::PKI_NOMAD_SERVER;
+    let bundle = store.get(name).await.unwrap().unwrap();
+    store.delete(name).await.unwrap();
+    let (_, checks) = doctor(&node);
+    let c = check(&checks, "secrets");
+    assert_eq!(c["level"], "warn", "{c:#}");
+    assert!(c["finding"].as_str().unwrap().contains(name), "{c:#}");
+    store.create(name, &bundle).await.unwrap();
 
     // This node's Consul token deleted in Consul.
     let store = secret_store(&node).await;

@@ -339,7 +339,17 @@ pub async fn doctor(settings: &Settings) -> Vec<Check> {
         .await,
     );
     if spec.runs_nomad() {
-        checks.push(timed("nomad", nomad_check(settings, &spec)).await);
+        // On Nomad servers the management token, to show its life.
+        let nomad_token = match &store {
+            Ok(store) if spec.has(Role::NomadServer) => store
+                .get(names::NOMAD_MANAGEMENT)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| Token::new(s.expose())),
+            _ => None,
+        };
+        checks.push(timed("nomad", nomad_check(settings, &spec, nomad_token)).await);
     }
     checks.push(
         timed(
@@ -511,6 +521,17 @@ async fn secrets_check(
                 && s.nomad_consul.is_none()
             {
                 missing.push(name);
+            }
+            // The intermediates this node issues its certificates with.
+            if settings.tls.enabled {
+                let authorities = std::iter::once(crate::tls::consul_authority(spec))
+                    .chain(crate::tls::nomad_authority(spec));
+                for authority in authorities {
+                    let name = crate::tls::secret_name(authority);
+                    if matches!(store.get(name).await, Ok(None)) {
+                        missing.push(name);
+                    }
+                }
             }
             let check = if missing.is_empty() {
                 Check::ok(
@@ -775,7 +796,7 @@ async fn consul_check(
     }
 }
 
-async fn nomad_check(settings: &Settings, spec: &NodeSpec) -> Check {
+async fn nomad_check(settings: &Settings, spec: &NodeSpec, management: Option<Token>) -> Check {
     let nomad = match crate::tls::nomad_client(settings, None) {
         Ok(n) => n,
         Err(e) => {
@@ -820,7 +841,31 @@ async fn nomad_check(settings: &Settings, spec: &NodeSpec) -> Check {
                 .map(|k| format!("{k}: {}", h[*k]["message"].as_str().unwrap_or("not ok")))
                 .collect();
             if unhealthy.is_empty() {
-                Check::ok("nomad", format!("leader {leader}; this agent healthy"))
+                let mut finding = format!("leader {leader}; this agent healthy");
+                if let Some(token) = management {
+                    match nomad.with_token(Some(token)).acl_token_self().await {
+                        Ok(Some(t)) => finding.push_str(&format!(
+                            "; management token valid, {}",
+                            t["ExpirationTime"]
+                                .as_str()
+                                .map(|e| format!("expires {e}"))
+                                .unwrap_or_else(|| "does not expire".into())
+                        )),
+                        Ok(None) => {
+                            return Check::bad(
+                                "nomad",
+                                Level::Fail,
+                                format!(
+                                    "{finding}; Nomad does not know the management token in the secret store"
+                                ),
+                                "the token was deleted in Nomad",
+                                "nomad acl token list; docs/operations.md (Nomad was bootstrapped by hand)",
+                            );
+                        }
+                        Err(e) => finding.push_str(&format!("; management token unknown ({e})")),
+                    }
+                }
+                Check::ok("nomad", finding)
             } else {
                 Check::bad(
                     "nomad",
