@@ -61,8 +61,16 @@ struct Cluster {
     healthy_at: Instant,
 }
 
+/// Plain HTTP: these tests are about the bootstrap protocol, on Consul
+/// servers rendered without certificates; `tls.rs` and `run.rs` cover the
+/// same bootstrap with TLS on.
 fn settings() -> Settings {
-    Settings::parse("[secrets]\nbackend = \"ssm\"\n").unwrap()
+    Settings::parse(
+        "[secrets]\nbackend = \"ssm\"\n\n[tls]\nenabled = false\n\n\
+         [consul]\nhttp_addr = \"http://127.0.0.1:8500\"\n\n\
+         [nomad]\nhttp_addr = \"http://127.0.0.1:4646\"\n",
+    )
+    .unwrap()
 }
 
 async fn store(moto: &Moto, cluster: &str) -> Store {

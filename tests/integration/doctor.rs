@@ -77,6 +77,14 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
             .starts_with("done")
     );
     assert!(
+        check(&checks, "nomad")["finding"]
+            .as_str()
+            .unwrap()
+            .ends_with("management token valid, does not expire"),
+        "{:#}",
+        check(&checks, "nomad")
+    );
+    assert!(
         check(&checks, "consul")["finding"]
             .as_str()
             .unwrap()
@@ -101,9 +109,9 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert!(code >= 1);
     std::fs::write(&consul_hcl, &original).unwrap();
 
-    // A certificate expiring in 5 days.
+    // A certificate expiring in 5 days: long past the point it should
+    // have been renewed.
     let tls = node.dir.path().join("consul.d/tls");
-    std::fs::create_dir_all(&tls).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["server.dc1.consul".into()]).unwrap();
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     let soon = std::time::SystemTime::now() + Duration::from_secs(5 * 86_400);
@@ -119,10 +127,51 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert_eq!(c["level"], "warn", "{c:#}");
     let finding = c["finding"].as_str().unwrap();
     assert!(
-        finding.contains("in 4 days") || finding.contains("in 5 days"),
+        finding.contains("past its renewal time")
+            && (finding.contains("(server.dc1.consul) has 4d left")
+                || finding.contains("(server.dc1.consul) has 5d left")),
         "{c:#}"
     );
-    std::fs::remove_dir_all(&tls).unwrap();
+    std::fs::remove_file(tls.join("server.pem")).unwrap();
+
+    // A CA with 100 days left: a warning months ahead.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = (std::time::SystemTime::now() + Duration::from_secs(100 * 86_400)).into();
+    std::fs::write(
+        tls.join("old-ca.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    let (_, checks) = doctor(&node);
+    let c = check(&checks, "tls");
+    assert_eq!(c["level"], "warn", "{c:#}");
+    let finding = c["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("expires in 99 days") || finding.contains("expires in 100 days"),
+        "{c:#}"
+    );
+    assert!(
+        c["next"]
+            .as_str()
+            .unwrap()
+            .contains("Rotating the cluster CA"),
+        "{c:#}"
+    );
+    std::fs::remove_file(tls.join("old-ca.pem")).unwrap();
+
+    // The node's intermediate gone from the store: named by the secrets
+    // check (a node booting now would wait for it).
+    let store = secret_store(&node).await;
+    let name = kraken_secrets::names::PKI_NOMAD_SERVER;
+    let bundle = store.get(name).await.unwrap().unwrap();
+    store.delete(name).await.unwrap();
+    let (_, checks) = doctor(&node);
+    let c = check(&checks, "secrets");
+    assert_eq!(c["level"], "warn", "{c:#}");
+    assert!(c["finding"].as_str().unwrap().contains(name), "{c:#}");
+    store.create(name, &bundle).await.unwrap();
 
     // This node's Consul token deleted in Consul.
     let store = secret_store(&node).await;
@@ -136,11 +185,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         .await
         .unwrap()
         .unwrap();
-    let consul = Consul::new(
-        &format!("http://{}:8500", node.ip),
-        Some(Token::new(management.expose())),
-    )
-    .unwrap();
+    let consul = node.consul(Some(Token::new(management.expose())));
     let accessor = consul
         .with_token(Some(Token::new(agent_token.expose())))
         .acl_token_self()
@@ -148,8 +193,8 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         .unwrap()
         .unwrap()
         .accessor_id;
-    kraken_testkit::http_client()
-        .delete(format!("http://{}:8500/v1/acl/token/{accessor}", node.ip))
+    node_http(node.dir.path(), "consul")
+        .delete(format!("https://{}:8501/v1/acl/token/{accessor}", node.ip))
         .header("X-Consul-Token", management.expose())
         .send()
         .await
@@ -298,7 +343,12 @@ async fn doctor_names_a_lost_quorum() {
     .await
     .unwrap();
     let dir = kraken_testkit::TestDir::new("doctor-quorum");
-    let settings = format!("[consul]\nhttp_addr = \"{}\"\n", cluster.http_url(0));
+    // The testkit's cluster speaks plain HTTP.
+    let settings = format!(
+        "[tls]\nenabled = false\n\n[nomad]\nhttp_addr = \"http://127.0.0.1:4646\"\n\n\
+         [consul]\nhttp_addr = \"{}\"\n",
+        cluster.http_url(0)
+    );
     let env = AwsEnv::new(&moto.endpoint(), &imds.endpoint());
     // Two of three servers die.
     cluster.stop_server(1);

@@ -118,13 +118,15 @@ fn node_file(
 }
 
 /// Renders one node's configs with the agent binary into their real
-/// (temp) paths via `--out`, returning the directory.
+/// (temp) paths via `--out`, and issues its certificates from `pki` as
+/// `run` would; returns the directory of the configs.
 fn render(
     dir: &Path,
     ip: Ipv4Addr,
     tags: &[(&str, &str)],
     consul: &[Ipv4Addr],
     nomad: &[Ipv4Addr],
+    pki: &TestPki,
 ) -> PathBuf {
     let node = node_file(dir, ip, tags, consul, nomad);
     let out = dir.join("rendered");
@@ -141,7 +143,17 @@ fn render(
         dir,
     );
     assert!(result.status.success(), "{}", text(&result));
+    pki.issue(&node, &settings(ip, dir));
     out
+}
+
+fn consul_api(ip: Ipv4Addr, dir: &Path) -> Consul {
+    Consul::with_tls(
+        &format!("https://{ip}:8501"),
+        None,
+        Some(&node_tls(dir, "consul")),
+    )
+    .unwrap()
 }
 
 fn deadlines() -> Deadlines {
@@ -167,6 +179,9 @@ fn consul_plan() -> StartPlan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_configs_form_a_three_server_consul_cluster() {
+    // With TLS as rendered: HTTPS only, every RPC caller presents a
+    // certificate, servers must prove they are server.dc1.consul.
+    let pki = TestPki::new("live");
     let ips = LoopbackAddrs::allocate(3);
     let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new("consul-node")).collect();
     let tags = [
@@ -175,7 +190,7 @@ async fn rendered_configs_form_a_three_server_consul_cluster() {
     ];
     let mut managers = Vec::new();
     for (ip, dir) in ips.iter().zip(&dirs) {
-        let out = render(dir.path(), *ip, &tags, &ips, &[]);
+        let out = render(dir.path(), *ip, &tags, &ips, &[], &pki);
         let cmd = PeerCommand::consul("consul", dir.path())
             .arg("agent")
             .arg(format!("-config-file={}", out.join("consul.hcl").display()));
@@ -183,7 +198,8 @@ async fn rendered_configs_form_a_three_server_consul_cluster() {
     }
     let clients: Vec<Consul> = ips
         .iter()
-        .map(|ip| Consul::new(&format!("http://{ip}:8500"), None).unwrap())
+        .zip(&dirs)
+        .map(|(ip, dir)| consul_api(*ip, dir.path()))
         .collect();
     let nomad = Nomad::new("http://127.0.0.1:1", None).unwrap();
     // All three boot at once, as an autoscaling group does; each waits for
@@ -240,6 +256,46 @@ async fn rendered_configs_form_a_three_server_consul_cluster() {
     .unwrap();
     assert_eq!(again.already_running, vec!["consul.service".to_owned()]);
     assert!(again.started.is_empty() && again.restarted.is_empty());
+
+    // A Consul client (a Nomad client node's Consul) joins over TLS with
+    // its consul-client certificate and reaches the leader through RPC.
+    let cip = LoopbackAddrs::allocate(1)[0];
+    let cdir = TestDir::new("consul-client-node");
+    let out = render(
+        cdir.path(),
+        cip,
+        &[("kraken:cluster", "live"), ("kraken:roles", "nomad-client")],
+        &ips,
+        &[],
+        &pki,
+    );
+    let client_node = Processes::new(vec![(
+        "consul.service",
+        PeerCommand::consul("consul", cdir.path())
+            .arg("agent")
+            .arg(format!("-config-file={}", out.join("consul.hcl").display())),
+    )]);
+    let mut plan = consul_plan();
+    plan.consul_server = false;
+    let client_api = consul_api(cip, cdir.path());
+    start_services(
+        &client_node,
+        &plan,
+        &client_api,
+        &nomad,
+        &deadlines,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let seen = kraken_testkit::wait_for(
+        "the client to see the leader",
+        Duration::from_secs(60),
+        || async { client_api.leader().await.ok().flatten() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen, leader);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,12 +312,13 @@ async fn a_waiting_server_times_out_with_what_it_saw() {
         ],
         &ips,
         &[],
+        &TestPki::new("live"),
     );
     let cmd = PeerCommand::consul("consul", dir.path())
         .arg("agent")
         .arg(format!("-config-file={}", out.join("consul.hcl").display()));
     let m = Processes::new(vec![("consul.service", cmd)]);
-    let consul = Consul::new(&format!("http://{}:8500", ips[0]), None).unwrap();
+    let consul = consul_api(ips[0], dir.path());
     let nomad = Nomad::new("http://127.0.0.1:1", None).unwrap();
     let mut d = deadlines();
     d.leader = Duration::from_secs(5);
@@ -277,6 +334,9 @@ async fn a_waiting_server_times_out_with_what_it_saw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
+    // Nomad with TLS as rendered (mTLS on HTTP and RPC, servers proving
+    // server.global.nomad); the test's Consul is a plain dev agent.
+    let pki = TestPki::new("live");
     let consul = ConsulDev::start().await;
     let ips = LoopbackAddrs::allocate(2);
     let (server_ip, client_ip) = (ips[0], ips[1]);
@@ -300,6 +360,7 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
         &server_tags,
         &[consul.ip()],
         &[server_ip],
+        &pki,
     );
     let c_out = render(
         cdir.path(),
@@ -307,14 +368,18 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
         &client_tags,
         &[consul.ip()],
         &[server_ip],
+        &pki,
     );
     for (out, d) in [(&s_out, &sdir), (&c_out, &cdir)] {
         // The Consul integration points at the dev agent of this test.
         let path = out.join("nomad.hcl");
-        let text = std::fs::read_to_string(&path).unwrap().replace(
-            &format!("{}:8500", path_ip(d.path())),
-            &consul.http_addr().to_string(),
-        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                &format!("{}:8501", path_ip(d.path())),
+                &consul.http_addr().to_string(),
+            )
+            .replace("ssl          = true", "ssl          = false");
         std::fs::write(&path, text).unwrap();
     }
     let server = Processes::new(vec![(
@@ -330,8 +395,16 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
             .arg(format!("-config={}", c_out.join("nomad.hcl").display())),
     )]);
     let consul_api = Consul::new(&consul.http_url(), None).unwrap();
-    let server_api = Nomad::new(&format!("http://{server_ip}:4646"), None).unwrap();
-    let client_api = Nomad::new(&format!("http://{client_ip}:4646"), None).unwrap();
+    let nomad_api = |ip: Ipv4Addr, dir: &Path, token: Option<Token>| {
+        Nomad::with_tls(
+            &format!("https://{ip}:4646"),
+            token,
+            Some(&node_tls(dir, "nomad")),
+        )
+        .unwrap()
+    };
+    let server_api = nomad_api(server_ip, sdir.path(), None);
+    let client_api = nomad_api(client_ip, cdir.path(), None);
     let plan = |server: bool| StartPlan {
         consul: ServiceStep {
             unit: "consul.service".into(),
@@ -379,9 +452,9 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
     .unwrap();
 
     // ACLs are on in what we render: bootstrap this test cluster to look.
-    let http = kraken_testkit::http_client();
+    let http = node_http(sdir.path(), "nomad");
     let boot: serde_json::Value = http
-        .put(format!("http://{server_ip}:4646/v1/acl/bootstrap"))
+        .put(format!("https://{server_ip}:4646/v1/acl/bootstrap"))
         .send()
         .await
         .unwrap()
@@ -391,7 +464,7 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
     let token = Token::new(boot["SecretID"].as_str().unwrap());
     let anonymous = server_api.nodes().await.unwrap_err();
     assert_eq!(anonymous.status(), Some(403), "{anonymous}");
-    let admin = Nomad::new(&format!("http://{server_ip}:4646"), Some(token.clone())).unwrap();
+    let admin = nomad_api(server_ip, sdir.path(), Some(token.clone()));
     let node = kraken_testkit::wait_for("client node ready", Duration::from_secs(90), || async {
         let nodes = admin.nodes().await.ok()?;
         nodes.into_iter().find(|n| n.status == "ready")
@@ -400,7 +473,7 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
     .unwrap();
     assert_eq!(node.node_class, "edge");
     let detail: serde_json::Value = http
-        .get(format!("http://{server_ip}:4646/v1/node/{}", node.id))
+        .get(format!("https://{server_ip}:4646/v1/node/{}", node.id))
         .header("X-Nomad-Token", token.expose())
         .send()
         .await

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use common::node::boot;
 use common::*;
-use kraken_hashi::{Consul, Nomad};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_converges_reports_ready_and_stops_on_sigterm() {
     // IMDS answers nothing for the first seconds of boot: run must wait it
     // out and converge, not exit.
     let mut node = boot(Duration::from_secs(4)).await;
-    let (ip, id, dir, messages) = (
-        node.ip,
+    let (id, dir, messages) = (
         node.id.clone(),
         node.dir.path().to_owned(),
         node.messages.clone(),
@@ -38,8 +36,8 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
     );
 
     // What READY=1 promises: both services have a leader.
-    let consul = Consul::new(&format!("http://{ip}:8500"), None).unwrap();
-    let nomad = Nomad::new(&format!("http://{ip}:4646"), None).unwrap();
+    let consul = node.consul(None);
+    let nomad = node.nomad(None);
     assert!(consul.leader().await.unwrap().is_some());
     assert!(nomad.leader().await.unwrap().is_some());
 
@@ -84,8 +82,8 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
     // no log line and no status message.
     let secrets = all_secrets(&node.moto.endpoint()).await;
     assert!(
-        secrets.len() >= 6,
-        "gossip key, 4 Consul tokens, Nomad's: {}",
+        secrets.len() >= 12,
+        "2 gossip keys, 4 Consul tokens, Nomad's, the CA and 4 intermediates: {}",
         secrets.len()
     );
     let everything = format!(
@@ -98,18 +96,25 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
             !everything.contains(secret.as_str()),
             "a secret reached the logs"
         );
+        // A CA bundle's key on its own, too.
+        if let Some(at) = secret.find("-----BEGIN PRIVATE KEY-----") {
+            assert!(
+                !everything.contains(&secret[at..]),
+                "a CA key reached the logs"
+            );
+        }
     }
 
     // ACLs are enforced, and the bootstrap tokens work.
-    let http = kraken_testkit::http_client();
-    let anonymous = http
-        .get(format!(
-            "http://{ip}:8500/v1/kv/kraken/solo/bootstrap/state"
-        ))
-        .send()
+    let anonymous = consul
+        .kv_get("kraken/solo/bootstrap/state", None)
         .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 403, "anonymous KV read must be denied");
+        .unwrap_err();
+    assert_eq!(
+        anonymous.status(),
+        Some(403),
+        "anonymous KV read must be denied"
+    );
     let consul_hcl = std::fs::read_to_string(dir.join("consul.d/consul.hcl")).unwrap();
     assert!(
         consul_hcl.contains("    agent = \""),
@@ -117,6 +122,14 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
     );
     assert!(consul_hcl.contains("encrypt = \""), "gossip encryption on");
     let nomad_hcl = std::fs::read_to_string(dir.join("nomad.d/nomad.hcl")).unwrap();
+    assert!(
+        nomad_hcl.contains("  encrypt = \""),
+        "Nomad gossip encryption on"
+    );
+    assert!(
+        nomad_hcl.contains("verify_https_client    = true"),
+        "Nomad mTLS on"
+    );
     assert!(
         nomad_hcl.contains("  token   = \""),
         "Nomad's Consul token installed"
@@ -136,18 +149,28 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
 /// Every parameter value moto's SSM holds, decrypted.
 async fn all_secrets(endpoint: &str) -> Vec<String> {
     let ssm = aws_sdk_ssm::Client::new(&sdk_for(endpoint, TEST_KEY).await);
-    let out = ssm
-        .get_parameters_by_path()
-        .path("/kraken")
-        .recursive(true)
-        .with_decryption(true)
-        .send()
-        .await
-        .unwrap();
-    out.parameters()
-        .iter()
-        .filter_map(|p| p.value().map(str::to_owned))
-        .collect()
+    let mut values = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let out = ssm
+            .get_parameters_by_path()
+            .path("/kraken")
+            .recursive(true)
+            .with_decryption(true)
+            .set_next_token(next)
+            .send()
+            .await
+            .unwrap();
+        values.extend(
+            out.parameters()
+                .iter()
+                .filter_map(|p| p.value().map(str::to_owned)),
+        );
+        next = out.next_token().map(str::to_owned);
+        if next.is_none() {
+            return values;
+        }
+    }
 }
 
 fn node_log(dir: &std::path::Path) -> String {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kraken_discovery::Ec2Peers;
-use kraken_hashi::{Consul, Nomad, Token};
+use kraken_hashi::Token;
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Role, Settings};
 use kraken_render::{RenderSecrets, RenderedFile};
@@ -339,7 +339,17 @@ pub async fn doctor(settings: &Settings) -> Vec<Check> {
         .await,
     );
     if spec.runs_nomad() {
-        checks.push(timed("nomad", nomad_check(settings, &spec)).await);
+        // On Nomad servers the management token, to show its life.
+        let nomad_token = match &store {
+            Ok(store) if spec.has(Role::NomadServer) => store
+                .get(names::NOMAD_MANAGEMENT)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| Token::new(s.expose())),
+            _ => None,
+        };
+        checks.push(timed("nomad", nomad_check(settings, &spec, nomad_token)).await);
     }
     checks.push(
         timed(
@@ -501,6 +511,9 @@ async fn secrets_check(
             if spec.has(Role::ConsulServer) && s.initial_management.is_none() {
                 missing.push(names::CONSUL_INITIAL_MANAGEMENT);
             }
+            if spec.has(Role::NomadServer) && s.nomad_gossip_key.is_none() {
+                missing.push(names::NOMAD_GOSSIP_KEY);
+            }
             if s.consul_agent.is_none() {
                 missing.push(names::CONSUL_AGENT);
             }
@@ -508,6 +521,17 @@ async fn secrets_check(
                 && s.nomad_consul.is_none()
             {
                 missing.push(name);
+            }
+            // The intermediates this node issues its certificates with.
+            if settings.tls.enabled {
+                let authorities = std::iter::once(crate::tls::consul_authority(spec))
+                    .chain(crate::tls::nomad_authority(spec));
+                for authority in authorities {
+                    let name = crate::tls::secret_name(authority);
+                    if matches!(store.get(name).await, Ok(None)) {
+                        missing.push(name);
+                    }
+                }
             }
             let check = if missing.is_empty() {
                 Check::ok(
@@ -679,14 +703,14 @@ async fn consul_check(
     token: Option<Token>,
     agent_token: Option<Token>,
 ) -> Check {
-    let consul = match Consul::new(&settings.consul.http_addr, token) {
+    let consul = match crate::tls::consul_client(settings, token) {
         Ok(c) => c,
         Err(e) => {
             return Check::bad(
                 "consul",
                 Level::Fail,
                 e.to_string(),
-                "consul.http_addr is wrong",
+                "consul.http_addr is wrong or the TLS files are unreadable",
                 "check /etc/kraken/agent.toml",
             );
         }
@@ -758,8 +782,8 @@ async fn consul_check(
                 "consul",
                 Level::Fail,
                 format!("{finding}; Consul does not know this node's agent token"),
-                "the token was deleted or expired in Consul",
-                "consul acl token list | grep kraken; restore it from the secret store (docs/operations.md)",
+                "the token was deleted in Consul; the agent on a Consul server recreates it within bootstrap.token_check_secs",
+                "consul acl token list | grep kraken; journalctl -u kraken-agent | grep 'recreated Consul tokens'",
             ),
             Err(e) => Check::bad(
                 "consul",
@@ -772,15 +796,15 @@ async fn consul_check(
     }
 }
 
-async fn nomad_check(settings: &Settings, spec: &NodeSpec) -> Check {
-    let nomad = match Nomad::new(&settings.nomad.http_addr, None) {
+async fn nomad_check(settings: &Settings, spec: &NodeSpec, management: Option<Token>) -> Check {
+    let nomad = match crate::tls::nomad_client(settings, None) {
         Ok(n) => n,
         Err(e) => {
             return Check::bad(
                 "nomad",
                 Level::Fail,
                 e.to_string(),
-                "nomad.http_addr is wrong",
+                "nomad.http_addr is wrong or the TLS files are unreadable",
                 "check /etc/kraken/agent.toml",
             );
         }
@@ -817,7 +841,31 @@ async fn nomad_check(settings: &Settings, spec: &NodeSpec) -> Check {
                 .map(|k| format!("{k}: {}", h[*k]["message"].as_str().unwrap_or("not ok")))
                 .collect();
             if unhealthy.is_empty() {
-                Check::ok("nomad", format!("leader {leader}; this agent healthy"))
+                let mut finding = format!("leader {leader}; this agent healthy");
+                if let Some(token) = management {
+                    match nomad.with_token(Some(token)).acl_token_self().await {
+                        Ok(Some(t)) => finding.push_str(&format!(
+                            "; management token valid, {}",
+                            t["ExpirationTime"]
+                                .as_str()
+                                .map(|e| format!("expires {e}"))
+                                .unwrap_or_else(|| "does not expire".into())
+                        )),
+                        Ok(None) => {
+                            return Check::bad(
+                                "nomad",
+                                Level::Fail,
+                                format!(
+                                    "{finding}; Nomad does not know the management token in the secret store"
+                                ),
+                                "the token was deleted in Nomad",
+                                "nomad acl token list; docs/operations.md (Nomad was bootstrapped by hand)",
+                            );
+                        }
+                        Err(e) => finding.push_str(&format!("; management token unknown ({e})")),
+                    }
+                }
+                Check::ok("nomad", finding)
             } else {
                 Check::bad(
                     "nomad",
@@ -864,7 +912,7 @@ async fn bootstrap_check(
             "this role cannot read the bootstrap state; the secrets check shows its outcome",
         );
     };
-    let Ok(consul) = Consul::new(&settings.consul.http_addr, Some(token)) else {
+    let Ok(consul) = crate::tls::consul_client(settings, Some(token)) else {
         return Check::skip("bootstrap", "consul.http_addr is not valid");
     };
     let key = format!("kraken/{}/bootstrap/", spec.cluster);
@@ -924,66 +972,112 @@ async fn host_checks(settings: &Settings, spec: Option<&NodeSpec>, checks: &mut 
     checks.push(oom_check());
 }
 
+/// Every certificate in the Consul and Nomad config directories, with the
+/// life it has left. A leaf is a problem once it is well past the point
+/// the agent renews it (the agent is not renewing); a CA is a warning
+/// `tls.ca_warn_days` ahead (rotating it takes planning: docs/operations.md).
 fn tls_check(settings: &Settings) -> Check {
-    let mut certs = Vec::new();
+    let mut files = Vec::new();
     for dir in [
         &settings.paths.consul_config_dir,
         &settings.paths.nomad_config_dir,
     ] {
-        collect_pem(dir, 2, &mut certs);
+        collect_pem(dir, 2, &mut files);
     }
-    if certs.is_empty() {
-        return Check::ok(
-            "tls",
-            "no certificates in the Consul or Nomad config directories",
-        );
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut worst: Option<(i64, String)> = None;
-    let mut count = 0;
-    for path in certs {
-        let Ok(bytes) = std::fs::read(&path) else {
+    files.sort();
+    let now = std::time::SystemTime::now();
+    let days = |d: std::time::Duration| d.as_secs() / 86_400;
+    let life = |d: std::time::Duration| {
+        if d.as_secs() >= 2 * 86_400 {
+            format!("{}d", days(d))
+        } else {
+            format!("{}h{:02}m", d.as_secs() / 3600, d.as_secs() % 3600 / 60)
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut parts = Vec::new();
+    let mut expired = Vec::new();
+    let mut overdue = Vec::new();
+    let mut ca_soon = Vec::new();
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes).flatten() {
-            if pem.label != "CERTIFICATE" {
+        for (i, der) in kraken_pki::certificates(&text).iter().enumerate() {
+            // The same CA appears in several files: count it once.
+            if !seen.insert(der.clone()) {
                 continue;
             }
-            let Ok(cert) = pem.parse_x509() else { continue };
-            count += 1;
-            let left = cert.validity().not_after.timestamp() - now;
-            let name = format!("{} ({})", path.display(), cert.subject());
-            if worst.as_ref().is_none_or(|(w, _)| left < *w) {
-                worst = Some((left, name));
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            let Ok(info) = kraken_pki::inspect_der(der, "") else {
+                continue;
+            };
+            let left = info.remaining(now);
+            let name = match path.file_name() {
+                Some(f) if i == 0 => f.to_string_lossy().into_owned(),
+                Some(f) => format!("{} #{}", f.to_string_lossy(), i + 1),
+                None => path.display().to_string(),
+            };
+            let what = if cert.is_ca() {
+                format!("CA {}", cert.subject())
+            } else {
+                info.dns_names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| cert.subject().to_string())
+            };
+            parts.push(format!("{name} ({what}) {}", life(left)));
+            let lifetime = info
+                .not_after
+                .duration_since(info.not_before)
+                .unwrap_or_default();
+            if left.is_zero() {
+                expired.push(format!("{} ({what})", path.display()));
+            } else if cert.is_ca() {
+                if days(left) < settings.tls.ca_warn_days {
+                    ca_soon.push(format!("{what} expires in {} days", days(left)));
+                }
+            } else if left < lifetime.mul_f64((1.0 - settings.tls.renew_fraction) * 0.75) {
+                overdue.push(format!(
+                    "{} ({what}) has {} left",
+                    path.display(),
+                    life(left)
+                ));
             }
         }
     }
-    let Some((left, name)) = worst else {
+    if parts.is_empty() {
         return Check::ok(
             "tls",
             "no certificates in the Consul or Nomad config directories",
         );
-    };
-    let days = left / 86_400;
-    let finding = format!("{count} certificates; the first to expire is {name}, in {days} days");
-    if left <= 0 {
+    }
+    let finding = parts.join("; ");
+    if !expired.is_empty() {
         Check::bad(
             "tls",
             Level::Fail,
-            format!("{name} has expired"),
-            "the certificate was not renewed",
-            "openssl x509 -noout -enddate -in <file>; renew it (docs/operations.md)",
+            format!("expired: {}; {finding}", expired.join(", ")),
+            "the certificate was not renewed (is kraken-agent running?)",
+            "systemctl status kraken-agent; journalctl -u kraken-agent | grep -i certificate",
         )
-    } else if days < 14 {
+    } else if !overdue.is_empty() {
         Check::bad(
             "tls",
             Level::Warn,
-            finding,
-            "the certificate is close to expiry and has not been renewed",
-            "openssl x509 -noout -enddate -in <file>; renew it before it expires",
+            format!("past its renewal time: {}; {finding}", overdue.join(", ")),
+            "kraken-agent renews leaf certificates at tls.renew_fraction of their life and has not",
+            "systemctl status kraken-agent; journalctl -u kraken-agent | grep -i certificate",
+        )
+    } else if !ca_soon.is_empty() {
+        Check::bad(
+            "tls",
+            Level::Warn,
+            format!("{}; {finding}", ca_soon.join(", ")),
+            "the cluster CA is not renewed automatically",
+            "rotate the cluster CA (docs/operations.md, \"Rotating the cluster CA\")",
         )
     } else {
         Check::ok("tls", finding)

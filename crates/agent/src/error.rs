@@ -25,6 +25,8 @@ pub enum BootError {
     Secret(#[from] kraken_secrets::SecretError),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] kraken_bootstrap::BootstrapError),
+    #[error("pki: {0}")]
+    Pki(#[from] kraken_pki::PkiError),
     #[error("node file {path}: {message}")]
     NodeFile { path: String, message: String },
 }

@@ -10,5 +10,6 @@ pub mod node_file;
 pub mod render_cmd;
 pub mod run;
 pub mod steps;
+pub mod tls;
 
 pub use error::BootError;

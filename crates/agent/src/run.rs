@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use kraken_discovery::{Ec2Peers, Peers};
 use kraken_hashi::{Consul, Nomad, Token};
+
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Settings};
 use kraken_ready::{Notifier, Status, StatusFile};
@@ -23,7 +24,7 @@ use kraken_secrets::Store;
 use kraken_start::{ServiceManager, Systemctl, start_services};
 use serde_json::json;
 
-use crate::{BootError, steps};
+use crate::{BootError, steps, tls};
 
 /// Runs until SIGTERM (exit 0) or a failure retrying cannot fix.
 pub async fn run(settings: Settings) -> Result<(), BootError> {
@@ -82,6 +83,19 @@ struct Converged {
     /// Nomad's management token, on Nomad servers: `agent/join` needs
     /// `agent:write` once ACLs are on.
     nomad_token: Option<kraken_secrets::Secret>,
+    /// This node's intermediates, with TLS on: the watch loop renews the
+    /// leaf certificates with them.
+    authorities: Option<tls::NodeAuthorities>,
+    store: Store,
+}
+
+fn unit_of(settings: &Settings, service: Service) -> String {
+    match service {
+        Service::Consul => settings.consul.unit.clone(),
+        Service::Nomad => settings.nomad.unit.clone(),
+        Service::Docker => settings.docker.unit.clone(),
+        Service::Operator => String::new(),
+    }
 }
 
 impl Agent {
@@ -214,12 +228,24 @@ impl Agent {
             serde_json::to_value(&peers).unwrap_or_default(),
         );
 
+        let authorities = if settings.tls.enabled {
+            self.say("starting", "reading this node's certificate authorities");
+            tls::authorities(&store, &spec, &settings, steps::SecretsMode::Boot).await?
+        } else {
+            None
+        };
+        let leaves = match &authorities {
+            Some(a) => tls::ensure_leaves(&identity, &spec, &settings, a)?,
+            None => Vec::new(),
+        };
+        self.step("tls", serde_json::to_value(&leaves).unwrap_or_default());
+
         self.say("starting", "rendering configs");
         let changes = self.render_and_install(&identity, &spec, &peers, &secrets)?;
 
         let plan = steps::start_plan(&spec, &changes, &settings);
-        let consul = Consul::new(&settings.consul.http_addr, None).map_err(start_err)?;
-        let nomad = Nomad::new(&settings.nomad.http_addr, None).map_err(start_err)?;
+        let consul = tls::consul_client(&settings, None)?;
+        let nomad = tls::nomad_client(&settings, None)?;
         let manager = Systemctl::new(&settings.start.systemctl);
         let notifier = self.notifier.clone();
         let report = start_services(
@@ -232,6 +258,19 @@ impl Agent {
         )
         .await?;
         self.step("start", serde_json::to_value(&report).unwrap_or_default());
+        // A service that was already running and kept its config still
+        // serves the certificate it loaded: a reload makes it read the new
+        // one without a restart.
+        for leaf in leaves.iter().filter(|l| l.change.needs_restart()) {
+            let unit = unit_of(&settings, leaf.service);
+            if report.already_running.contains(&unit) {
+                self.say(
+                    "starting",
+                    &format!("{unit}: loading its new certificate (reload)"),
+                );
+                manager.reload(&unit).await?;
+            }
+        }
 
         // Step 7, then this node's own tokens.
         let notifier = self.notifier.clone();
@@ -305,6 +344,8 @@ impl Agent {
             peers,
             ec2,
             nomad_token,
+            authorities,
+            store,
         })
     }
 
@@ -323,13 +364,43 @@ impl Agent {
                 .as_ref()
                 .or(self.secrets.consul_agent.as_ref()),
         );
-        let consul = Consul::new(&settings.consul.http_addr, consul_token).map_err(start_err)?;
-        let nomad = Nomad::new(&settings.nomad.http_addr, token(node.nomad_token.as_ref()))
-            .map_err(start_err)?;
+        let nomad_token = token(node.nomad_token.as_ref());
+        let mut consul = tls::consul_client(&settings, consul_token.clone())?;
+        let mut nomad = tls::nomad_client(&settings, nomad_token.clone())?;
+        let manager = Systemctl::new(&settings.start.systemctl);
         let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
+        let token_period = Duration::from_secs(settings.bootstrap.token_check_secs.max(1));
+        let mut tokens_checked = std::time::Instant::now();
         let auto_join = steps::uses_cloud_auto_join(&node.spec, &settings);
         loop {
             tokio::time::sleep(period).await;
+            if tokens_checked.elapsed() >= token_period {
+                tokens_checked = std::time::Instant::now();
+                let secrets = self.secrets.clone();
+                match steps::repair_tokens(
+                    &settings,
+                    &node.spec,
+                    &node.identity.instance_id,
+                    &node.store,
+                    &secrets,
+                )
+                .await
+                {
+                    Ok(repaired) if !repaired.is_empty() => {
+                        log::info!("recreated Consul tokens: {}", repaired.join(", "));
+                        self.step("token-repair", json!({ "recreated": repaired }));
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("token check failed, trying again later: {e}"),
+                }
+            }
+            if let Some(authorities) = &node.authorities
+                && self.renew(&node, authorities, &manager).await
+            {
+                // The clients present the certificate they read when made.
+                consul = tls::consul_client(&settings, consul_token.clone())?;
+                nomad = tls::nomad_client(&settings, nomad_token.clone())?;
+            }
             if auto_join {
                 // Consul and Nomad track their servers themselves.
                 continue;
@@ -358,6 +429,46 @@ impl Agent {
         }
     }
 
+    /// Renews the leaf certificates that are due and reloads the services
+    /// that use them (no restart: both re-read their TLS files on SIGHUP).
+    /// A failure is logged and tried again at the next tick: the current
+    /// certificates still have a third of their life. True if any changed.
+    async fn renew(
+        &mut self,
+        node: &Converged,
+        authorities: &tls::NodeAuthorities,
+        manager: &Systemctl,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let leaves =
+            match tls::ensure_leaves(&node.identity, &node.spec, &self.settings, authorities) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::warn!("certificate renewal failed, retrying at the next check: {e}");
+                    self.status.last_error = Some(e.to_string());
+                    self.status_file.write(&mut self.status);
+                    return false;
+                }
+            };
+        let mut renewed = false;
+        for leaf in leaves.iter().filter(|l| l.change.needs_restart()) {
+            let unit = unit_of(&self.settings, leaf.service);
+            match manager.reload(&unit).await {
+                Ok(()) => log::info!(
+                    "{unit}: renewed certificate {} loaded by reload in {}ms",
+                    leaf.serial,
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => log::warn!("{unit}: reload after certificate renewal failed: {e}"),
+            }
+            renewed = true;
+        }
+        if renewed {
+            self.step("tls", serde_json::to_value(&leaves).unwrap_or_default());
+        }
+        renewed
+    }
+
     async fn rejoin(&mut self, consul: &Consul, nomad: &Nomad, node: &Converged) {
         if let Ok(None) = consul.leader().await {
             for ip in &node.peers.consul_servers {
@@ -379,5 +490,3 @@ impl Agent {
         }
     }
 }
-
-use steps::hashi_err as start_err;

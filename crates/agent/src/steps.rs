@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
 use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
-use kraken_hashi::{Consul, Nomad, Token};
+use kraken_hashi::Token;
 use kraken_identity::{Identity, IdentityProvider};
 use kraken_intent::{NodeSpec, Role, Settings};
 use kraken_render::{Change, RenderSecrets, RenderedFile, Renderer, Service};
@@ -56,8 +56,9 @@ pub enum SecretsMode {
 }
 
 /// Step 3: the cluster secrets this node's configs carry: the gossip key,
-/// on Consul servers the initial-management token, and the role tokens the
-/// bootstrap creates, if they exist yet.
+/// on Consul servers the initial-management token, on Nomad servers
+/// Nomad's gossip key, and the role tokens the bootstrap creates, if they
+/// exist yet.
 pub async fn secrets(
     store: &Store,
     spec: &NodeSpec,
@@ -87,8 +88,22 @@ pub async fn secrets(
         Some(name) => store.get(name).await?,
         None => None,
     };
+    // Nomad servers create their own gossip key: they are the only readers,
+    // and IAM already lets them create their cluster's Nomad secrets.
+    let nomad_gossip_key = match mode {
+        SecretsMode::Boot if spec.has(Role::NomadServer) => Some(
+            store
+                .get_or_create(names::NOMAD_GOSSIP_KEY, Secret::gossip_key)
+                .await?,
+        ),
+        SecretsMode::ReadOnly if spec.has(Role::NomadServer) => {
+            store.get(names::NOMAD_GOSSIP_KEY).await?
+        }
+        _ => None,
+    };
     Ok(RenderSecrets {
         gossip_key,
+        nomad_gossip_key,
         initial_management,
         consul_agent: store.get(names::CONSUL_AGENT).await?,
         nomad_consul,
@@ -122,7 +137,7 @@ pub async fn bootstrap(
     secrets: &RenderSecrets,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<kraken_bootstrap::Report>, BootError> {
-    let consul = Consul::new(&settings.consul.http_addr, None).map_err(hashi_err)?;
+    let consul = crate::tls::consul_client(settings, None)?;
     let lease = LeaseSettings {
         ttl: Duration::from_secs(settings.bootstrap.lease_ttl_secs),
         lock_delay: Duration::from_secs(settings.bootstrap.lock_delay_secs),
@@ -152,7 +167,7 @@ pub async fn bootstrap(
         status("bootstrap: Nomad ACLs");
         let b = Bootstrap {
             consul: consul.with_token(Some(Token::new(token.expose()))),
-            nomad: Some(Nomad::new(&settings.nomad.http_addr, None).map_err(hashi_err)?),
+            nomad: Some(crate::tls::nomad_client(settings, None)?),
             store,
             cluster: spec.cluster.clone(),
             node: node.to_owned(),
@@ -162,6 +177,35 @@ pub async fn bootstrap(
         reports.push(b.run(Phase::Nomad).await?);
     }
     Ok(reports)
+}
+
+/// Token upkeep after the bootstrap, on Consul servers: recreates any role
+/// token Consul has lost (see `Bootstrap::repair_tokens`). Other nodes
+/// cannot (no management token) and do nothing.
+pub async fn repair_tokens(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    store: &Store,
+    secrets: &RenderSecrets,
+) -> Result<Vec<&'static str>, BootError> {
+    let Some(management) = secrets.initial_management.as_ref() else {
+        return Ok(Vec::new());
+    };
+    if !spec.has(Role::ConsulServer) {
+        return Ok(Vec::new());
+    }
+    let consul = crate::tls::consul_client(settings, Some(Token::new(management.expose())))?;
+    let b = Bootstrap {
+        consul,
+        nomad: None,
+        store,
+        cluster: spec.cluster.clone(),
+        node: node.to_owned(),
+        lease: LeaseSettings::default(),
+        crash_after: None,
+    };
+    Ok(b.repair_tokens().await?)
 }
 
 /// Waits, with backoff, until `name` exists in the store.

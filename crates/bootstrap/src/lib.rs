@@ -21,6 +21,23 @@ pub use lease::{Lease, LeaseSettings};
 
 pub use kraken_secrets::names;
 
+/// The Consul role tokens: secret name, description, policy. None has an
+/// expiry (`docs/operations.md`, token policy): a token that expires takes
+/// the cluster down with it; the agent recreates a missing one instead.
+const ROLE_TOKENS: [(&str, &str, &str); 3] = [
+    (names::CONSUL_AGENT, "kraken: Consul agents", "kraken-agent"),
+    (
+        names::CONSUL_NOMAD_SERVER,
+        "kraken: Nomad servers",
+        "kraken-nomad-server",
+    ),
+    (
+        names::CONSUL_NOMAD_CLIENT,
+        "kraken: Nomad clients",
+        "kraken-nomad-client",
+    ),
+];
+
 /// The two halves of the bootstrap: the Consul half needs a Consul server
 /// (it authenticates with the initial-management token), the Nomad half a
 /// Nomad server.
@@ -380,24 +397,16 @@ impl Bootstrap<'_> {
                 Ok(())
             }
             Step::ConsulAgentToken => {
-                self.token(names::CONSUL_AGENT, "kraken: Consul agents", "kraken-agent")
-                    .await
+                let (name, description, policy) = ROLE_TOKENS[0];
+                self.token(name, description, policy).await
             }
             Step::ConsulNomadServerToken => {
-                self.token(
-                    names::CONSUL_NOMAD_SERVER,
-                    "kraken: Nomad servers",
-                    "kraken-nomad-server",
-                )
-                .await
+                let (name, description, policy) = ROLE_TOKENS[1];
+                self.token(name, description, policy).await
             }
             Step::ConsulNomadClientToken => {
-                self.token(
-                    names::CONSUL_NOMAD_CLIENT,
-                    "kraken: Nomad clients",
-                    "kraken-nomad-client",
-                )
-                .await
+                let (name, description, policy) = ROLE_TOKENS[2];
+                self.token(name, description, policy).await
             }
             Step::ConsulAnonymousDns => {
                 c.acl_token_set_policies(
@@ -418,6 +427,39 @@ impl Bootstrap<'_> {
     /// Write-ahead: the SecretID goes to the store first, then Consul
     /// learns it. A SecretID already in use was created by an earlier
     /// holder that died before recording the step.
+    /// Token upkeep, on a timer after the bootstrap: every Consul role
+    /// token whose SecretID is in the store but which Consul no longer
+    /// knows (deleted or revoked by hand, lost with a snapshot restore) is
+    /// created again with the same SecretID, so no node needs a new config.
+    /// Racing Consul servers are harmless: the second create finds the
+    /// SecretID in use and confirms it. Needs the management token (Consul
+    /// servers); does nothing before the Consul phase is done. Returns the
+    /// names of the tokens it recreated.
+    pub async fn repair_tokens(&self) -> Result<Vec<&'static str>, BootstrapError> {
+        let (state, _) = self.read_state().await?;
+        if !state.phase_done(Phase::Consul) {
+            return Ok(Vec::new());
+        }
+        let mut repaired = Vec::new();
+        for (name, description, policy) in ROLE_TOKENS {
+            let Some(secret) = self.store.get(name).await? else {
+                continue;
+            };
+            let known = self
+                .consul
+                .with_token(Some(Token::new(secret.expose())))
+                .acl_token_self()
+                .await
+                .map_err(BootstrapError::consul("check a role token"))?;
+            if known.is_none() {
+                log::warn!("Consul token {name} is gone from Consul; creating it again");
+                self.token(name, description, policy).await?;
+                repaired.push(name);
+            }
+        }
+        Ok(repaired)
+    }
+
     async fn token(
         &self,
         name: &str,

@@ -4,7 +4,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde::Deserialize;
 
-use crate::http::{DEFAULT_TIMEOUT, HashiError, Http, Token};
+use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 /// A Consul agent's HTTP API.
 #[derive(Debug, Clone)]
@@ -69,7 +69,19 @@ pub enum SessionBehavior {
 impl Consul {
     pub fn new(base: &str, token: Option<Token>) -> Result<Consul, HashiError> {
         Ok(Consul {
-            http: Http::new("Consul", base, "X-Consul-Token")?.with_token(token),
+            http: Http::new("Consul", base, "X-Consul-Token", None)?.with_token(token),
+        })
+    }
+
+    /// A client that speaks TLS: trusts `tls`'s CA only and presents its
+    /// certificate, if any.
+    pub fn with_tls(
+        base: &str,
+        token: Option<Token>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Consul, HashiError> {
+        Ok(Consul {
+            http: Http::new("Consul", base, "X-Consul-Token", tls)?.with_token(token),
         })
     }
 

@@ -49,6 +49,67 @@ pub enum HashiError {
     },
     #[error("{service} address {url:?} is not a valid http(s) URL")]
     BadUrl { service: &'static str, url: String },
+    #[error("cannot set up TLS to {service}: {detail}")]
+    Tls {
+        service: &'static str,
+        detail: String,
+    },
+}
+
+/// How the agent's clients speak TLS to their local Consul or Nomad: trust
+/// only the cluster CA (never the system roots), and present the node's
+/// certificate where the service verifies its callers.
+#[derive(Clone)]
+pub struct ClientTls {
+    ca_pem: Vec<u8>,
+    /// Certificate chain then key, PEM.
+    identity_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA file and, if given, the certificate and key files. The
+    /// files are read now: a client made after a renewal presents the new
+    /// certificate.
+    pub fn from_files(
+        ca_file: &std::path::Path,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientTls, HashiError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| HashiError::Tls {
+                service: "Consul/Nomad",
+                detail: format!("cannot read {}: {e}", p.display()),
+            })
+        };
+        let ca_pem = read(ca_file)?;
+        let identity_pem = match cert_and_key {
+            Some((cert, key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(ClientTls {
+            ca_pem,
+            identity_pem,
+        })
+    }
+
+    pub fn from_pem(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> ClientTls {
+        ClientTls {
+            ca_pem: ca_pem.to_vec(),
+            identity_pem: identity_pem.map(<[u8]>::to_vec),
+        }
+    }
 }
 
 impl HashiError {
@@ -90,6 +151,7 @@ impl Http {
         service: &'static str,
         base: &str,
         token_header: &'static str,
+        tls: Option<&ClientTls>,
     ) -> Result<Http, HashiError> {
         let base = base.trim_end_matches('/').to_owned();
         if reqwest::Url::parse(&base).is_err()
@@ -97,17 +159,30 @@ impl Http {
         {
             return Err(HashiError::BadUrl { service, url: base });
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             // Loopback agents must not be sent through a proxy from the
             // environment.
-            .no_proxy()
-            .build()
-            .map_err(|e| HashiError::Unreachable {
+            .no_proxy();
+        if let Some(tls) = tls {
+            let tls_err = |what: &str, e: reqwest::Error| HashiError::Tls {
                 service,
-                url: base.clone(),
-                detail: e.to_string(),
-            })?;
+                detail: format!("{what}: {}", error_chain(&e)),
+            };
+            let roots = reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
+                .map_err(|e| tls_err("the CA file is not PEM", e))?;
+            builder = builder.tls_certs_only(roots);
+            if let Some(identity) = &tls.identity_pem {
+                let identity = reqwest::Identity::from_pem(identity)
+                    .map_err(|e| tls_err("the client certificate or key is not PEM", e))?;
+                builder = builder.identity(identity);
+            }
+        }
+        let client = builder.build().map_err(|e| HashiError::Unreachable {
+            service,
+            url: base.clone(),
+            detail: e.to_string(),
+        })?;
         Ok(Http {
             service,
             client,

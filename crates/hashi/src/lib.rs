@@ -10,5 +10,5 @@ pub use consul::{
     ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, Consul, ConsulMember, KvPair, PolicyLink,
     SessionBehavior,
 };
-pub use http::{HashiError, Token};
+pub use http::{ClientTls, HashiError, Token};
 pub use nomad::{Nomad, NomadBootstrap, NomadMember, NomadNode};

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde::Deserialize;
 
-use crate::http::{DEFAULT_TIMEOUT, HashiError, Http, Token};
+use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]
@@ -44,7 +44,19 @@ pub struct NomadNode {
 impl Nomad {
     pub fn new(base: &str, token: Option<Token>) -> Result<Nomad, HashiError> {
         Ok(Nomad {
-            http: Http::new("Nomad", base, "X-Nomad-Token")?.with_token(token),
+            http: Http::new("Nomad", base, "X-Nomad-Token", None)?.with_token(token),
+        })
+    }
+
+    /// A client that speaks TLS: trusts `tls`'s CA only and presents its
+    /// certificate, if any.
+    pub fn with_tls(
+        base: &str,
+        token: Option<Token>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Nomad, HashiError> {
+        Ok(Nomad {
+            http: Http::new("Nomad", base, "X-Nomad-Token", tls)?.with_token(token),
         })
     }
 

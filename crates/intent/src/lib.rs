@@ -17,6 +17,6 @@ mod tags;
 pub use settings::{
     AwsSettingsFile, BootstrapSettings, ConsulSettings, DEFAULT_SETTINGS_PATH, DiscoverySettings,
     DockerLogDriver, DockerSettings, ImdsSettingsFile, IntentDefaults, NomadSettings, PathSettings,
-    Settings, SettingsError, StartSettings,
+    Settings, SettingsError, StartSettings, TlsSettings,
 };
 pub use tags::{IntentError, NodeSpec, Role, TAG_PREFIX, TagError, known_tags};

@@ -19,6 +19,7 @@ pub struct Settings {
     pub aws: AwsSettingsFile,
     pub secrets: kraken_secrets::SecretSettings,
     pub bootstrap: BootstrapSettings,
+    pub tls: TlsSettings,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -139,7 +140,22 @@ impl Settings {
                     "{key} = {url:?}; expected an http:// or https:// URL"
                 ));
             }
+            // With TLS on, Consul and Nomad serve only HTTPS; with it off,
+            // only HTTP. A mismatch would fail at every call, so say it now.
+            let https = url.starts_with("https://");
+            if https != self.tls.enabled {
+                return Err(format!(
+                    "{key} = {url:?} but tls.enabled = {}; expected an {} URL",
+                    self.tls.enabled,
+                    if self.tls.enabled {
+                        "https://"
+                    } else {
+                        "http://"
+                    }
+                ));
+            }
         }
+        self.tls.validate()?;
         Ok(())
     }
 }
@@ -173,6 +189,9 @@ pub struct PathSettings {
     /// A directory whose `*.hbs` files replace the embedded templates of
     /// the same name.
     pub templates_dir: Option<PathBuf>,
+    /// The operator environment (`CONSUL_HTTP_ADDR`, `NOMAD_CACERT`, ...)
+    /// a login shell reads.
+    pub operator_env: PathBuf,
 }
 
 impl Default for PathSettings {
@@ -185,6 +204,7 @@ impl Default for PathSettings {
             nomad_data_dir: "/opt/nomad".into(),
             status_dir: "/run/kraken".into(),
             templates_dir: None,
+            operator_env: "/etc/profile.d/kraken.sh".into(),
         }
     }
 }
@@ -230,7 +250,7 @@ pub struct ConsulSettings {
 impl Default for ConsulSettings {
     fn default() -> Self {
         ConsulSettings {
-            http_addr: "http://127.0.0.1:8500".into(),
+            http_addr: "https://127.0.0.1:8501".into(),
             client_addr: "127.0.0.1".into(),
             user: "consul".into(),
             group: "consul".into(),
@@ -260,7 +280,7 @@ pub struct NomadSettings {
 impl Default for NomadSettings {
     fn default() -> Self {
         NomadSettings {
-            http_addr: "http://127.0.0.1:4646".into(),
+            http_addr: "https://127.0.0.1:4646".into(),
             bind_addr: "0.0.0.0".into(),
             user: "root".into(),
             group: "root".into(),
@@ -405,6 +425,9 @@ pub struct BootstrapSettings {
     /// How long a node waits for its role's tokens to appear in the
     /// secret store before reporting and trying again.
     pub token_wait_secs: u64,
+    /// How often a running Consul server checks that the role tokens still
+    /// exist in Consul, and recreates any that do not.
+    pub token_check_secs: u64,
 }
 
 impl Default for BootstrapSettings {
@@ -413,7 +436,59 @@ impl Default for BootstrapSettings {
             lease_ttl_secs: 15,
             lock_delay_secs: 5,
             token_wait_secs: 600,
+            token_check_secs: 300,
         }
+    }
+}
+
+/// `[tls]`: the cluster PKI (`docs/pki.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// TLS for Consul's and Nomad's HTTP, gRPC and RPC, with verified
+    /// certificates both ways. Off only for development.
+    pub enabled: bool,
+    /// Lifetime of the leaf certificates a node issues itself.
+    pub leaf_lifetime_secs: u64,
+    /// The fraction of a leaf's lifetime after which the agent renews it.
+    pub renew_fraction: f64,
+    /// Lifetime of the cluster's root CA (and of its intermediates), set
+    /// when the CA is created; changing it later changes nothing.
+    pub ca_lifetime_days: u64,
+    /// How long before the CA expires `doctor` starts warning.
+    pub ca_warn_days: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            enabled: true,
+            leaf_lifetime_secs: 30 * 86_400,
+            renew_fraction: 2.0 / 3.0,
+            ca_lifetime_days: 10 * 365,
+            ca_warn_days: 180,
+        }
+    }
+}
+
+impl TlsSettings {
+    fn validate(&self) -> Result<(), String> {
+        if self.leaf_lifetime_secs < 60 {
+            return Err(format!(
+                "tls.leaf_lifetime_secs = {}; expected at least 60",
+                self.leaf_lifetime_secs
+            ));
+        }
+        if !(self.renew_fraction > 0.0 && self.renew_fraction < 1.0) {
+            return Err(format!(
+                "tls.renew_fraction = {}; expected a number between 0 and 1, like 0.67",
+                self.renew_fraction
+            ));
+        }
+        if self.ca_lifetime_days < 1 {
+            return Err("tls.ca_lifetime_days = 0; expected at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -455,6 +530,10 @@ mod tests {
         assert!(err.contains("retry_min_secs"), "{err}");
         let err = Settings::parse("[consul]\nhttp_addr = \"127.0.0.1:8500\"\n").unwrap_err();
         assert!(err.contains("consul.http_addr"), "{err}");
+        let err = Settings::parse("[consul]\nhttp_addr = \"http://127.0.0.1:8500\"\n").unwrap_err();
+        assert!(err.contains("tls.enabled = true"), "{err}");
+        let err = Settings::parse("[tls]\nrenew_fraction = 1.5\n").unwrap_err();
+        assert!(err.contains("tls.renew_fraction"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct RenderSecrets {
     pub consul_agent: Option<Secret>,
     /// The Consul token of this node's Nomad role.
     pub nomad_consul: Option<Secret>,
+    /// Nomad servers only.
+    pub nomad_gossip_key: Option<Secret>,
 }
 
 /// The variables every template sees. `docs/templates.md` documents them;
@@ -35,8 +37,22 @@ pub fn context(
         .trim_start_matches("http://")
         .trim_start_matches("https://")
         .trim_end_matches('/');
+    let consul_tls = crate::TlsFiles::consul(settings);
+    let nomad_tls = crate::TlsFiles::nomad(settings);
+    let files = |f: &crate::TlsFiles| {
+        json!({
+            "ca_file": f.ca.display().to_string(),
+            "cert_file": f.cert.display().to_string(),
+            "key_file": f.key.display().to_string(),
+        })
+    };
     json!({
         "agent": { "version": env!("CARGO_PKG_VERSION") },
+        "tls": {
+            "enabled": settings.tls.enabled,
+            "consul": files(&consul_tls),
+            "nomad": files(&nomad_tls),
+        },
         "node": {
             "name": identity.instance_id,
             "instance_id": identity.instance_id,
@@ -61,12 +77,14 @@ pub fn context(
             },
             "data_dir": settings.paths.consul_data_dir.display().to_string(),
             "client_addr": settings.consul.client_addr,
+            "http_addr": settings.consul.http_addr,
         },
         "nomad": {
             "region": spec.nomad_region,
             "datacenter": spec.nomad_datacenter,
             "data_dir": settings.paths.nomad_data_dir.display().to_string(),
             "bind_addr": settings.nomad.bind_addr,
+            "runs": spec.runs_nomad(),
             "server": spec.has(Role::NomadServer),
             "client": spec.has(Role::NomadClient),
             "bootstrap_expect": spec.nomad_servers,
@@ -79,12 +97,19 @@ pub fn context(
             "raw_exec": settings.nomad.raw_exec,
             "network_interface": settings.nomad.network_interface,
             "consul_address": consul_host,
+            // Consul's gRPC-TLS port on the same host, for Connect sidecars.
+            "consul_grpc_address": format!(
+                "{}:8503",
+                consul_host.rsplit_once(':').map_or(consul_host, |(host, _)| host)
+            ),
+            "http_addr": settings.nomad.http_addr,
         },
         "secrets": {
             "gossip_key": secrets.gossip_key.as_ref().map(Secret::expose),
             "initial_management": secrets.initial_management.as_ref().map(Secret::expose),
             "consul_agent": secrets.consul_agent.as_ref().map(Secret::expose),
             "nomad_consul": secrets.nomad_consul.as_ref().map(Secret::expose),
+            "nomad_gossip_key": secrets.nomad_gossip_key.as_ref().map(Secret::expose),
         },
         "docker": {
             "log_driver": match settings.docker.log_driver {

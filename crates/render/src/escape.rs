@@ -34,6 +34,12 @@ pub(crate) fn json_string(value: &str) -> String {
     quoted[1..quoted.len() - 1].to_owned()
 }
 
+/// Quotes a value as one POSIX shell word: `'...'`, with each `'` written
+/// as `'\''`. Nothing inside single quotes is special to the shell.
+pub(crate) fn shell_word(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
 /// `{{{hcl-list values}}}`: an HCL list of quoted, escaped strings.
 pub(crate) fn hcl_list_helper(
     h: &Helper,
@@ -75,6 +81,15 @@ mod tests {
         assert_eq!(hcl_string("%{if}"), "\\u0025{if}");
         assert_eq!(hcl_string("100% $5"), "100% $5");
         assert_eq!(hcl_string("\u{7}"), "\\u0007");
+    }
+
+    #[test]
+    fn shell_words_are_single_quoted() {
+        assert_eq!(
+            shell_word("/etc/consul.d/tls/ca.pem"),
+            "'/etc/consul.d/tls/ca.pem'"
+        );
+        assert_eq!(shell_word("a'b $(x)"), "'a'\\''b $(x)'");
     }
 
     #[test]

@@ -30,12 +30,46 @@ pub enum Service {
     Consul,
     Docker,
     Nomad,
+    /// Read by people who log in (the operator environment); nothing
+    /// restarts for it.
+    Operator,
+}
+
+/// Where a service's TLS files live: `<config dir>/tls/`. The one place
+/// that says so, for the templates and for the agent that writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    /// The cluster's root certificate.
+    pub ca: PathBuf,
+    /// The node's certificate, then its intermediate.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn consul(settings: &Settings) -> TlsFiles {
+        TlsFiles::under(&settings.paths.consul_config_dir, "consul")
+    }
+
+    pub fn nomad(settings: &Settings) -> TlsFiles {
+        TlsFiles::under(&settings.paths.nomad_config_dir, "nomad")
+    }
+
+    fn under(config_dir: &Path, name: &str) -> TlsFiles {
+        let dir = config_dir.join("tls");
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Syntax {
     Hcl,
     Json,
+    Shell,
 }
 
 struct TemplateDef {
@@ -45,7 +79,7 @@ struct TemplateDef {
     embedded: &'static str,
 }
 
-const TEMPLATES: [TemplateDef; 3] = [
+const TEMPLATES: [TemplateDef; 4] = [
     TemplateDef {
         name: "consul.hcl.hbs",
         syntax: Syntax::Hcl,
@@ -63,6 +97,12 @@ const TEMPLATES: [TemplateDef; 3] = [
         syntax: Syntax::Json,
         service: Service::Docker,
         embedded: include_str!("../templates/docker-daemon.json.hbs"),
+    },
+    TemplateDef {
+        name: "kraken-env.sh.hbs",
+        syntax: Syntax::Shell,
+        service: Service::Operator,
+        embedded: include_str!("../templates/kraken-env.sh.hbs"),
     },
 ];
 
@@ -114,6 +154,7 @@ pub enum RenderError {
 pub struct Renderer {
     hcl: Handlebars<'static>,
     json: Handlebars<'static>,
+    shell: Handlebars<'static>,
     sources: BTreeMap<&'static str, String>,
 }
 
@@ -148,6 +189,7 @@ impl Renderer {
         let mut renderer = Renderer {
             hcl: registry(Syntax::Hcl),
             json: registry(Syntax::Json),
+            shell: registry(Syntax::Shell),
             sources: BTreeMap::new(),
         };
         for def in &TEMPLATES {
@@ -158,6 +200,7 @@ impl Renderer {
             let registry = match def.syntax {
                 Syntax::Hcl => &mut renderer.hcl,
                 Syntax::Json => &mut renderer.json,
+                Syntax::Shell => &mut renderer.shell,
             };
             registry
                 .register_template_string(def.name, text)
@@ -201,11 +244,20 @@ impl Renderer {
                     &"root".to_owned(),
                     0o644,
                 ),
+                // Addresses and file names only, no secret: world-readable
+                // like the rest of /etc/profile.d.
+                Service::Operator => (
+                    settings.paths.operator_env.clone(),
+                    &"root".to_owned(),
+                    &"root".to_owned(),
+                    0o644,
+                ),
                 _ => continue,
             };
             let registry = match def.syntax {
                 Syntax::Hcl => &self.hcl,
                 Syntax::Json => &self.json,
+                Syntax::Shell => &self.shell,
             };
             let source = &self.sources[def.name];
             let contents = registry
@@ -243,6 +295,7 @@ fn registry(syntax: Syntax) -> Handlebars<'static> {
     hb.register_escape_fn(match syntax {
         Syntax::Hcl => escape::hcl_string,
         Syntax::Json => escape::json_string,
+        Syntax::Shell => escape::shell_word,
     });
     hb.register_helper("hcl-list", Box::new(escape::hcl_list_helper));
     hb

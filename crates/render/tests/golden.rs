@@ -64,6 +64,7 @@ fn examples_match_golden_files() {
         initial_management: fake("00000000-1111-2222-3333-444444444444"),
         consul_agent: fake("55555555-6666-7777-8888-999999999999"),
         nomad_consul: fake("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+        nomad_gossip_key: fake("bm9tYWQgZ29sZGVuIGZpbGUsIG5vdCBhIGtleSEhISE="),
     };
     let mut cases: Vec<(String, BTreeMap<String, String>)> = examples()
         .iter()

@@ -287,3 +287,77 @@ pub async fn restricted_user(endpoint: &str, action: &str) -> (String, String) {
         key.secret_access_key().to_owned(),
     )
 }
+
+/// A cluster PKI made in the test, as the Consul servers make it: a root
+/// and the four role intermediates (cluster "live", dc1, region global).
+pub struct TestPki {
+    bundles: BTreeMap<kraken_pki::Authority, String>,
+}
+
+impl TestPki {
+    pub fn new(cluster: &str) -> TestPki {
+        let names = kraken_pki::ClusterNames {
+            cluster: cluster.into(),
+            consul_datacenter: "dc1".into(),
+            consul_domain: "consul".into(),
+            nomad_region: "global".into(),
+        };
+        let ca = kraken_pki::Ca::generate(cluster, std::time::Duration::from_secs(86_400)).unwrap();
+        TestPki {
+            bundles: kraken_pki::Authority::ALL
+                .into_iter()
+                .map(|a| (a, ca.issue_intermediate(a, &names).unwrap().to_bundle()))
+                .collect(),
+        }
+    }
+
+    fn intermediate(&self, a: kraken_pki::Authority) -> kraken_pki::Intermediate {
+        kraken_pki::Intermediate::from_bundle(&self.bundles[&a], "test").unwrap()
+    }
+
+    /// Issues a node's certificates into the TLS files its `settings` name,
+    /// with the agent's own step.
+    pub fn issue(&self, node_file: &Path, settings: &str) {
+        #[derive(serde::Deserialize)]
+        struct NodeFile {
+            identity: kraken_identity::Identity,
+        }
+        let node: NodeFile = toml::from_str(&std::fs::read_to_string(node_file).unwrap()).unwrap();
+        let settings = kraken_intent::Settings::parse(settings).unwrap();
+        let spec =
+            kraken_intent::NodeSpec::from_tags(&node.identity.tags, &settings.intent).unwrap();
+        let authorities = kraken_agent::tls::NodeAuthorities {
+            consul: self.intermediate(kraken_agent::tls::consul_authority(&spec)),
+            nomad: kraken_agent::tls::nomad_authority(&spec).map(|a| self.intermediate(a)),
+        };
+        kraken_agent::tls::ensure_leaves(&node.identity, &spec, &settings, &authorities).unwrap();
+    }
+}
+
+/// The TLS files of `service` ("consul" or "nomad") a node's agent wrote
+/// under `dir`, as a client configuration.
+pub fn node_tls(dir: &Path, service: &str) -> kraken_hashi::ClientTls {
+    let tls = dir.join(format!("{service}.d/tls"));
+    kraken_hashi::ClientTls::from_files(
+        &tls.join("ca.pem"),
+        Some((
+            &tls.join(format!("{service}.pem")),
+            &tls.join(format!("{service}-key.pem")),
+        )),
+    )
+    .unwrap()
+}
+
+/// A raw HTTP client with those files, for calls the typed clients lack.
+pub fn node_http(dir: &Path, service: &str) -> reqwest::Client {
+    let tls = dir.join(format!("{service}.d/tls"));
+    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
+    let mut identity = read(&format!("{service}.pem"));
+    identity.extend(read(&format!("{service}-key.pem")));
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&read("ca.pem")).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap()
+}

@@ -38,15 +38,16 @@ docker_daemon_json = "{d}/docker/daemon.json"
 consul_data_dir = "{d}/consul-data"
 nomad_data_dir = "{d}/nomad-data"
 status_dir = "{d}/run"
+operator_env = "{d}/kraken-env.sh"
 
 [consul]
-http_addr = "http://{ip}:8500"
+http_addr = "https://{ip}:8501"
 client_addr = "{ip}"
 user = "root"
 group = "root"
 
 [nomad]
-http_addr = "http://{ip}:4646"
+http_addr = "https://{ip}:4646"
 bind_addr = "{ip}"
 raw_exec = true
 network_interface = "lo"
@@ -114,6 +115,38 @@ impl Node {
         cmd
     }
 
+    /// The node's TLS files for `service` ("consul" or "nomad"): what the
+    /// agent and the operator environment use.
+    pub fn tls(&self, service: &str) -> kraken_hashi::ClientTls {
+        let dir = self.dir.path().join(format!("{service}.d/tls"));
+        kraken_hashi::ClientTls::from_files(
+            &dir.join("ca.pem"),
+            Some((
+                &dir.join(format!("{service}.pem")),
+                &dir.join(format!("{service}-key.pem")),
+            )),
+        )
+        .unwrap()
+    }
+
+    pub fn consul(&self, token: Option<kraken_hashi::Token>) -> kraken_hashi::Consul {
+        kraken_hashi::Consul::with_tls(
+            &format!("https://{}:8501", self.ip),
+            token,
+            Some(&self.tls("consul")),
+        )
+        .unwrap()
+    }
+
+    pub fn nomad(&self, token: Option<kraken_hashi::Token>) -> kraken_hashi::Nomad {
+        kraken_hashi::Nomad::with_tls(
+            &format!("https://{}:4646", self.ip),
+            token,
+            Some(&self.tls("nomad")),
+        )
+        .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
     }
@@ -136,6 +169,11 @@ pub fn shim_path() -> PathBuf {
 /// of each) and waits for `READY=1`. IMDS does not answer for the first
 /// `imds_outage`.
 pub async fn boot(imds_outage: Duration) -> Node {
+    boot_with(imds_outage, "").await
+}
+
+/// [`boot`] with more agent.toml sections (`extra`) after the usual ones.
+pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
     let ip = LoopbackAddrs::allocate(1)[0];
     let [_, b, c, _] = ip.octets();
     let moto = Moto::start().await;
@@ -163,7 +201,7 @@ pub async fn boot(imds_outage: Duration) -> Node {
     std::fs::write(
         &config,
         format!(
-            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n",
+            "{}\n[imds]\nconnect_timeout_ms = 300\nread_timeout_ms = 500\nattempts = 1\n{extra}",
             settings(ip, dir.path())
         ),
     )

@@ -20,8 +20,35 @@ node_meta {
   kraken_roles      = "nomad-server"
 }
 
+# HTTPS and gRPC over TLS only; the plain ports are off.
 ports {
-  grpc = 8502
+  http     = -1
+  https    = 8501
+  grpc     = -1
+  grpc_tls = 8503
+}
+
+# The cluster PKI (docs/pki.md): every caller of the HTTPS API and of the
+# servers' RPC presents a certificate of the cluster CA, and servers must
+# prove they are server.<datacenter>.consul.
+tls {
+  defaults {
+    ca_file         = "/etc/consul.d/tls/ca.pem"
+    cert_file       = "/etc/consul.d/tls/consul.pem"
+    key_file        = "/etc/consul.d/tls/consul-key.pem"
+    verify_incoming = true
+    verify_outgoing = true
+  }
+
+  internal_rpc {
+    verify_server_hostname = true
+  }
+
+  grpc {
+    # Envoy sidecars and dataplanes authenticate with ACL tokens and check
+    # the server against the CA.
+    verify_incoming = false
+  }
 }
 
 connect {

@@ -27,8 +27,28 @@ server {
   }
 }
 
+# The cluster PKI (docs/pki.md): HTTPS and RPC with certificates both ways;
+# servers must prove they are server.<region>.nomad.
+tls {
+  http = true
+  rpc  = true
+
+  ca_file   = "/etc/nomad.d/tls/ca.pem"
+  cert_file = "/etc/nomad.d/tls/nomad.pem"
+  key_file  = "/etc/nomad.d/tls/nomad-key.pem"
+
+  verify_server_hostname = true
+  verify_https_client    = true
+}
+
 consul {
-  address = "127.0.0.1:8500"
+  address = "127.0.0.1:8501"
+  ssl          = true
+  verify_ssl   = true
+  grpc_address = "127.0.0.1:8503"
+  ca_file      = "/etc/consul.d/tls/ca.pem"
+  cert_file    = "/etc/consul.d/tls/consul.pem"
+  key_file     = "/etc/consul.d/tls/consul-key.pem"
 }
 
 acl {

@@ -1,0 +1,484 @@
+//! The cluster PKI on a real node (Consul and Nomad servers with TLS on,
+//! booted by `kraken-agent run`): who is refused, who is let in, and
+//! certificates renewed without restarting anything.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::node::{Node, boot, boot_with};
+use common::*;
+use kraken_pki::{Authority, Ca, ClusterNames, Intermediate};
+use kraken_secrets::{SecretStore, names};
+
+/// A client that trusts `ca_pem` only and presents `identity` (chain, key).
+fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_info(true)
+        .timeout(Duration::from_secs(5))
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).unwrap());
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// A client with `service`'s certificate and key as on disk now. The agent
+/// renames the new key into place just before the new certificate: a
+/// reader that lands between the two reads again, as a CLI would on its
+/// next call.
+async fn node_client(node: &Node, ca: &str, service: &str) -> reqwest::Client {
+    for _ in 0..20 {
+        let cert = read(node, &format!("{service}.d/tls/{service}.pem"));
+        let key = read(node, &format!("{service}.d/tls/{service}-key.pem"));
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .tls_info(true)
+            .timeout(Duration::from_secs(5))
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.as_bytes()).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        if let Ok(c) = b.build() {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{service}'s certificate and key never matched");
+}
+
+fn read(node: &Node, path: &str) -> String {
+    std::fs::read_to_string(node.dir.path().join(path)).unwrap()
+}
+
+/// The intermediate a role's node would read from the store.
+async fn intermediate(node: &Node, authority: Authority) -> Intermediate {
+    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let bundle = store
+        .get(kraken_agent::tls::secret_name(authority))
+        .await
+        .unwrap()
+        .unwrap();
+    Intermediate::from_bundle(bundle.expose(), "test").unwrap()
+}
+
+async fn refused(client: &reqwest::Client, url: &str) -> String {
+    match client.get(url).send().await {
+        Err(e) => format!("{e:?}"),
+        Ok(r) => {
+            assert!(
+                !r.status().is_success(),
+                "{url} answered {} to a caller it must refuse",
+                r.status()
+            );
+            format!("HTTP {}", r.status())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_works() {
+    let node = boot(Duration::ZERO).await;
+    let ip = node.ip;
+    let consul_url = format!("https://{ip}:8501/v1/status/leader");
+    let nomad_url = format!("https://{ip}:4646/v1/status/leader");
+    let ca = read(&node, "consul.d/tls/ca.pem");
+    assert_eq!(ca, read(&node, "nomad.d/tls/ca.pem"));
+
+    // The agent's own clients (cluster CA, node certificate) get in.
+    assert!(node.consul(None).leader().await.unwrap().is_some());
+    assert!(node.nomad(None).leader().await.unwrap().is_some());
+    let ok = client(
+        &ca,
+        Some((
+            &read(&node, "consul.d/tls/consul.pem"),
+            &read(&node, "consul.d/tls/consul-key.pem"),
+        )),
+    );
+    assert!(
+        ok.get(&consul_url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+
+    // Plain HTTP: the old port is closed, the TLS ports answer no request.
+    let plain = kraken_testkit::http_client();
+    let e = refused(&plain, &format!("http://{ip}:8500/v1/status/leader")).await;
+    eprintln!("plain HTTP to Consul's old port: {e}");
+    assert!(e.contains("ConnectionRefused"), "{e}");
+    for url in [&consul_url, &nomad_url] {
+        let e = refused(&plain, &url.replace("https://", "http://")).await;
+        eprintln!("plain HTTP to {url}: {e}");
+        assert_eq!(e, "HTTP 400 Bad Request");
+    }
+
+    // TLS without a client certificate.
+    let certless = client(&ca, None);
+    for url in [&consul_url, &nomad_url] {
+        let e = refused(&certless, url).await;
+        eprintln!("no client certificate, {url}: {e}");
+        assert!(e.contains("CertificateRequired"), "{e}");
+    }
+
+    // A certificate from another CA, with the right names.
+    let names = ClusterNames {
+        cluster: "solo".into(),
+        consul_datacenter: "dc1".into(),
+        consul_domain: "consul".into(),
+        nomad_region: "global".into(),
+    };
+    let other = Ca::generate("solo", Duration::from_secs(3600)).unwrap();
+    for (authority, url) in [
+        (Authority::ConsulServer, &consul_url),
+        (Authority::NomadServer, &nomad_url),
+    ] {
+        let i = other.issue_intermediate(authority, &names).unwrap();
+        let leaf = i
+            .issue(
+                &authority.permitted_names(&names),
+                &[ip.into()],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let foreign = client(&ca, Some((&leaf.chain_pem, &leaf.key_pem)));
+        let e = refused(&foreign, url).await;
+        eprintln!("certificate of another CA, {url}: {e}");
+        assert!(e.contains("UnknownCA"), "{e}");
+    }
+
+    // A Nomad client's intermediate cannot make a Nomad server certificate:
+    // the PKI refuses, and a forged one (signed without the check) is
+    // refused by Nomad, because the intermediate's name constraints do not
+    // permit the name.
+    let client_ca = intermediate(&node, Authority::NomadClient).await;
+    let server_names = vec!["server.global.nomad".to_owned()];
+    let err = client_ca
+        .issue(&server_names, &[ip.into()], Duration::from_secs(600))
+        .unwrap_err();
+    assert!(
+        matches!(err, kraken_pki::PkiError::NotPermitted { .. }),
+        "{err}"
+    );
+    let forged = client_ca
+        .issue_unchecked(&server_names, &[ip.into()], Duration::from_secs(600))
+        .unwrap();
+    let e = refused(
+        &client(&ca, Some((&forged.chain_pem, &forged.key_pem))),
+        &nomad_url,
+    )
+    .await;
+    eprintln!("forged server.global.nomad from the nomad-client intermediate: {e}");
+    assert!(e.contains("BadCertificate"), "{e}");
+    // The same intermediate's honest certificate is let in: the refusal
+    // above is the constraint, not the intermediate.
+    let honest = client_ca
+        .issue(
+            &["client.global.nomad".to_owned()],
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let r = client(&ca, Some((&honest.chain_pem, &honest.key_pem)))
+        .get(&nomad_url)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // A person logged in: source the operator environment, then the CLIs.
+    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let consul_token = store
+        .get(names::CONSUL_INITIAL_MANAGEMENT)
+        .await
+        .unwrap()
+        .unwrap();
+    let nomad_token = store.get(names::NOMAD_MANAGEMENT).await.unwrap().unwrap();
+    let env_file = node.dir.path().join("kraken-env.sh");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&env_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
+    for (cli, args, token_var, token) in [
+        (
+            kraken_testkit::consul_bin(),
+            "members",
+            "CONSUL_HTTP_TOKEN",
+            consul_token.expose(),
+        ),
+        (
+            kraken_testkit::nomad_bin(),
+            "server members",
+            "NOMAD_TOKEN",
+            nomad_token.expose(),
+        ),
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". {}; {} {args}",
+                env_file.display(),
+                cli.display()
+            ))
+            .env_remove("AWS_CA_BUNDLE")
+            .env(token_var, token)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("alive"),
+            "{} {args} with the operator environment: {}\n{stdout}{}",
+            cli.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Key files are not world-readable.
+    for key in ["consul.d/tls/consul-key.pem", "nomad.d/tls/nomad-key.pem"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(node.dir.path().join(key))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o640, "{key}");
+    }
+}
+
+/// The serial of the certificate `url`'s server presents now.
+async fn served_serial(client: &reqwest::Client, url: &str) -> String {
+    let r = client.get(url).send().await.unwrap();
+    let info = r.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+    let der = info.peer_certificate().unwrap();
+    kraken_pki::inspect_der(der, url).unwrap().serial
+}
+
+fn pid(node: &Node, unit: &str) -> String {
+    read(node, &format!("{unit}.pid")).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_without_restarting_consul_or_nomad() {
+    // Two-minute certificates renewed at a quarter of their life: a
+    // renewal about every 30 s.
+    let node = boot_with(
+        Duration::ZERO,
+        "\n[tls]\nleaf_lifetime_secs = 120\nrenew_fraction = 0.25\n",
+    )
+    .await;
+    let calls_at_ready = read(&node, "calls.log").len();
+    let ip = node.ip;
+    let consul_pid = pid(&node, "consul.service");
+    let nomad_pid = pid(&node, "nomad.service");
+    let ca = read(&node, "consul.d/tls/ca.pem");
+    let url = |port: u16| format!("https://{ip}:{port}/v1/status/leader");
+    let serial_of = |file: &str| {
+        kraken_pki::inspect(&read(&node, file), file)
+            .unwrap()
+            .serial
+    };
+
+    let mut seen = vec![(
+        serial_of("consul.d/tls/consul.pem"),
+        serial_of("nomad.d/tls/nomad.pem"),
+    )];
+    // Requests all along, as the cluster's callers would make them; each
+    // made with the certificate on disk at the time.
+    let mut requests = 0;
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    while seen.len() < 3 && started.elapsed() < Duration::from_secs(180) {
+        for (service, port) in [("consul", 8501), ("nomad", 4646)] {
+            let c = node_client(&node, &ca, service).await;
+            requests += 1;
+            match c.get(url(port)).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => failures.push(format!("{service}: HTTP {}", r.status())),
+                Err(e) => failures.push(format!("{service}: {e:?}")),
+            }
+        }
+        let now = (
+            serial_of("consul.d/tls/consul.pem"),
+            serial_of("nomad.d/tls/nomad.pem"),
+        );
+        if now.0 != seen.last().unwrap().0 && now.1 != seen.last().unwrap().1 {
+            seen.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "two renewals of both certificates: {seen:?}\n{}",
+        node.log()
+    );
+
+    // The processes never restarted.
+    assert_eq!(pid(&node, "consul.service"), consul_pid);
+    assert_eq!(pid(&node, "nomad.service"), nomad_pid);
+    let calls = read(&node, "calls.log")[calls_at_ready..].to_owned();
+    assert_eq!(calls.matches("reload consul.service").count(), 2, "{calls}");
+    assert_eq!(calls.matches("reload nomad.service").count(), 2, "{calls}");
+    assert!(
+        !calls.contains("restart"),
+        "nothing restarted after READY: {calls}"
+    );
+
+    // What the sockets serve now is the newest certificate, not an old one.
+    let (consul_serial, nomad_serial) = seen.last().unwrap().clone();
+    let c = node_client(&node, &ca, "consul").await;
+    let n = node_client(&node, &ca, "nomad").await;
+    kraken_testkit::wait_until(
+        "the renewed certificates to be served",
+        Duration::from_secs(10),
+        || async {
+            served_serial(&c, &url(8501)).await == consul_serial
+                && served_serial(&n, &url(4646)).await == nomad_serial
+        },
+    )
+    .await
+    .unwrap();
+    for old in &seen[..2] {
+        assert_ne!(served_serial(&c, &url(8501)).await, old.0);
+        assert_ne!(served_serial(&n, &url(4646)).await, old.1);
+    }
+    // The cluster stayed healthy through it.
+    assert!(node.consul(None).leader().await.unwrap().is_some());
+    assert!(node.nomad(None).leader().await.unwrap().is_some());
+    let log = node.log();
+    let reloads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("loaded by reload in"))
+        .collect();
+    eprintln!(
+        "benchmark: renewal: {requests} requests during {:?}, {} failed: {failures:?}; {reloads:#?}",
+        started.elapsed(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "requests failed during renewal: {failures:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
+    let node = boot_with(Duration::ZERO, "\n[bootstrap]\ntoken_check_secs = 2\n").await;
+    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let management = store
+        .get(names::CONSUL_INITIAL_MANAGEMENT)
+        .await
+        .unwrap()
+        .unwrap();
+    let agent = store.get(names::CONSUL_AGENT).await.unwrap().unwrap();
+    let as_agent = node.consul(Some(kraken_hashi::Token::new(agent.expose())));
+    let before = as_agent.acl_token_self().await.unwrap().unwrap();
+    assert_eq!(before.expiration_time, None, "role tokens do not expire");
+
+    // Someone deletes the agent token in Consul.
+    let ca = read(&node, "consul.d/tls/ca.pem");
+    let http = client(
+        &ca,
+        Some((
+            &read(&node, "consul.d/tls/consul.pem"),
+            &read(&node, "consul.d/tls/consul-key.pem"),
+        )),
+    );
+    let r = http
+        .delete(format!(
+            "https://{}:8501/v1/acl/token/{}",
+            node.ip, before.accessor_id
+        ))
+        .header("X-Consul-Token", management.expose())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(as_agent.acl_token_self().await.unwrap(), None);
+
+    // The agent notices and creates it again, with the same SecretID: the
+    // configs that carry it stay valid.
+    let started = Instant::now();
+    kraken_testkit::wait_until(
+        "the agent token to exist again",
+        Duration::from_secs(60),
+        || async { matches!(as_agent.acl_token_self().await, Ok(Some(_))) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    let after = as_agent.acl_token_self().await.unwrap().unwrap();
+    assert_ne!(after.accessor_id, before.accessor_id);
+    assert_eq!(after.policies, before.policies);
+    eprintln!(
+        "benchmark: deleted agent token recreated {:?} after the deletion",
+        started.elapsed()
+    );
+    assert!(
+        node.log()
+            .contains("recreated Consul tokens: consul/tokens/agent")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nomad_client_reads_only_its_own_intermediates_and_cannot_issue_a_server_certificate() {
+    // IAM is what keeps pki/nomad-server and pki/ca from a Nomad client's
+    // instance role (docs/secrets.md). moto checks every SSM call against
+    // the resource "*", so it cannot show a per-parameter policy: this test
+    // shows what the agent asks for, and that the one intermediate it gets
+    // cannot make a server certificate.
+    let moto = kraken_testkit::Moto::start().await;
+    let settings = kraken_intent::Settings::default();
+    let spec = |roles: &str| {
+        kraken_intent::NodeSpec::from_tags(
+            &tags(&[("kraken:cluster", "roles"), ("kraken:roles", roles)]),
+            &settings.intent,
+        )
+        .unwrap()
+    };
+    let mode = kraken_agent::steps::SecretsMode::Boot;
+    let store = moto_store(&moto.endpoint(), "roles", TEST_KEY).await;
+    let server = kraken_agent::tls::authorities(&store, &spec("consul-server"), &settings, mode)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        server.consul.permitted(),
+        ["server.dc1.consul", "localhost"]
+    );
+
+    let client = kraken_agent::tls::authorities(&store, &spec("nomad-client"), &settings, mode)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        client.consul.permitted(),
+        ["client.dc1.consul", "localhost"]
+    );
+    let nomad = client.nomad.unwrap();
+    assert_eq!(nomad.permitted(), ["client.global.nomad", "localhost"]);
+    for name in [
+        "server.global.nomad",
+        "server.dc1.consul",
+        "x.server.global.nomad",
+    ] {
+        let err = nomad
+            .issue(&[name.to_owned()], &[], Duration::from_secs(600))
+            .unwrap_err();
+        assert!(err.to_string().contains("may not issue"), "{err}");
+        let err = client
+            .consul
+            .issue(&[name.to_owned()], &[], Duration::from_secs(600))
+            .unwrap_err();
+        assert!(err.to_string().contains("may not issue"), "{err}");
+    }
+    // What each role reads: nothing that can sign for a server.
+    assert_eq!(
+        kraken_agent::tls::consul_authority(&spec("nomad-client")),
+        Authority::ConsulClient
+    );
+    assert_eq!(
+        kraken_agent::tls::nomad_authority(&spec("nomad-client")),
+        Some(Authority::NomadClient)
+    );
+}
