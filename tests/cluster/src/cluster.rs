@@ -461,11 +461,11 @@ impl Cluster {
             }
             lines += journal.lines().count();
             for (name, value) in &secrets {
-                if let Some(needle) = secret_needles(value).find(|n| journal.contains(n)) {
+                // Named, never quoted: CI logs are not a place for secrets.
+                if secret_needles(value).any(|n| journal.contains(n)) {
                     bail!(
-                        "{}: the kraken-agent journal contains (part of) the secret {name}: {}...",
-                        vm.name,
-                        &needle[..8.min(needle.len())]
+                        "{}: the kraken-agent journal contains (part of) the secret {name}",
+                        vm.name
                     );
                 }
             }

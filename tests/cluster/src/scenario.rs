@@ -142,6 +142,7 @@ pub fn print_answers(answers: &[checks::WebAnswer]) {
 
 /// The bootstrap state record, read with the management token.
 async fn bootstrap_state(cluster: &Cluster) -> Result<serde_json::Value> {
+    cluster.ensure_tls()?;
     // Only Consul's token: the Nomad one does not exist until the last step.
     let token = cluster
         .cloud
@@ -334,6 +335,37 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         configs.map(|c| c.finding.as_str()).unwrap_or("")
     ));
     doctor_all_ok(client, "the edit was undone").await?;
+
+    // A certificate expiring in 5 days, next to the node's own: past the
+    // point where it should have been renewed.
+    if checks::tls() {
+        let extra = "/etc/consul.d/tls/expiring.pem";
+        let mut params = rcgen::CertificateParams::new(vec!["server.dc1.consul".to_owned()])?;
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = (std::time::SystemTime::now() + Duration::from_secs(5 * 86_400)).into();
+        let pem = params.self_signed(&rcgen::KeyPair::generate()?)?.pem();
+        let path = client.path(extra).context("VM not running")?;
+        std::fs::write(&path, pem)?;
+        let (code, checks) = doctor(client)?;
+        std::fs::remove_file(&path)?;
+        let tls = checks.get("tls");
+        let named = tls.is_some_and(|c| {
+            c.level == "warn"
+                && c.finding.contains("past its renewal time")
+                && (c.finding.contains("has 4d left") || c.finding.contains("has 5d left"))
+        });
+        if code != 1 || !named {
+            bail!(
+                "doctor with a certificate expiring in 5 days on {}: exit {code}, {tls:?}",
+                client.name
+            );
+        }
+        cluster.log(format!(
+            "doctor on {}, a certificate expiring in 5 days: tls warn",
+            client.name
+        ));
+        doctor_all_ok(client, "the certificate was removed").await?;
+    }
 
     let old = cluster.vms[index].set_imds_tag("kraken:node-class", Some("no spaces allowed"))?;
     let named = doctor_names(
