@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use kraken_discovery::{Ec2Peers, Peers};
 use kraken_hashi::{Consul, Nomad, Token};
-
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::{NodeSpec, Settings};
 use kraken_ready::{Notifier, Status, StatusFile};

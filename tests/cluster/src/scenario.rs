@@ -367,6 +367,27 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         doctor_all_ok(client, "the certificate was removed").await?;
     }
 
+    // EC2 access denied: the node's EC2 endpoint (its agent.env, which
+    // doctor reads like the unit) answers every call as EC2 does for a role
+    // without the permission. moto's IAM enforcement is all-or-nothing for
+    // the whole moto, so the refusal comes from a small endpoint of ours.
+    let denied = deny_ec2_endpoint().await?;
+    let env_path = client
+        .path("/etc/kraken/agent.env")
+        .context("VM not running")?;
+    let env = std::fs::read_to_string(&env_path)?;
+    std::fs::write(&env_path, format!("{env}AWS_ENDPOINT_URL_EC2={denied}\n"))?;
+    let named = doctor_names(
+        cluster,
+        client,
+        "EC2 access denied",
+        "aws",
+        "ec2:DescribeInstances was denied",
+    );
+    std::fs::write(&env_path, &env)?;
+    named?;
+    doctor_all_ok(client, "EC2 access came back").await?;
+
     let old = cluster.vms[index].set_imds_tag("kraken:node-class", Some("no spaces allowed"))?;
     let named = doctor_names(
         cluster,
@@ -479,4 +500,24 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
     }
     cluster.log("doctor: every node all ok again");
     Ok(())
+}
+
+/// An EC2 endpoint that refuses every call as EC2 refuses a role without
+/// the permission (HTTP 403, `UnauthorizedOperation`, EC2's XML error
+/// document). Its URL.
+async fn deny_ec2_endpoint() -> Result<String> {
+    const DENIED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/kraken-node/i-0 is not authorized to perform: ec2:DescribeInstances because no identity-based policy allows the ec2:DescribeInstances action</Message></Error></Errors><RequestID>9e1c7c6c-0b1d-4b3a-8f5e-000000000000</RequestID></Response>";
+    let listener = tokio::net::TcpListener::bind((crate::host::HUB_IP, 0)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            [(axum::http::header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+            DENIED,
+        )
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
 }
