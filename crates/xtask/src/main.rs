@@ -513,6 +513,46 @@ const CLUSTER_TOOLS: [(&str, &str); 6] = [
     ("mount", "mount"),
 ];
 
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+}
+
+/// The Debian packages of missing cluster tools, installed when possible
+/// (root with apt-get: the machine kind this runs on), so that `cluster up`
+/// works on a fresh machine; otherwise an error naming them.
+fn install_cluster_tools() -> Result<()> {
+    let mut missing: Vec<&str> = CLUSTER_TOOLS
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = capture(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0");
+    if !root || !on_path("apt-get") {
+        bail!(
+            "the VM cluster needs root and these packages: apt-get install {}",
+            missing.join(" ")
+        );
+    }
+    step(&format!("apt-get install {}", missing.join(" ")), || {
+        run_logged(
+            Command::new("apt-get").args(["update", "-qq"]),
+            &cache_dir()?.join("logs/apt-update.log"),
+        )?;
+        run_logged(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &cache_dir()?.join("logs/apt-install.log"),
+        )
+    })
+}
+
 fn cluster(args: &[String]) -> Result<ExitCode> {
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
@@ -529,13 +569,7 @@ fn cluster_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
         eprintln!("{USAGE}");
         return Ok(ExitCode::from(2));
     }
-    for (tool, package) in CLUSTER_TOOLS {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()));
-        if !found {
-            bail!("{tool} is not installed: apt-get install {package}");
-        }
-    }
+    install_cluster_tools()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = cache_dir()?.join("cluster");
     fs::create_dir_all(&root)?;
