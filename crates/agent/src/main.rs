@@ -68,6 +68,11 @@ fn main() -> ExitCode {
         match dotenvy::from_path(AGENT_ENV_PATH) {
             Ok(()) => {}
             Err(e) if e.not_found() => {}
+            // Not the line itself: it may hold AWS_SECRET_ACCESS_KEY.
+            Err(dotenvy::Error::LineParse(_, _)) => eprintln!(
+                "kraken-agent: ignoring {AGENT_ENV_PATH}: a line is not NAME=value \
+                 (fix it: systemd reads the same file for the service)"
+            ),
             Err(e) => eprintln!("kraken-agent: ignoring {AGENT_ENV_PATH}: {e}"),
         }
     }
