@@ -15,10 +15,7 @@ use serde_json::Value;
 use crate::topology::{CLUSTER, Group};
 use crate::vm::Vm;
 
-/// Secret names in the store (`crates/secrets`, `names`).
-pub const CONSUL_MANAGEMENT: &str = "consul/tokens/initial-management";
-pub const CONSUL_AGENT: &str = "consul/tokens/agent";
-pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
+use kraken_secrets::names;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -197,8 +194,8 @@ impl Tokens {
                 .with_context(|| format!("the secret store has no {name} yet"))
         };
         Ok(Tokens {
-            consul: get(CONSUL_MANAGEMENT)?,
-            nomad: get(NOMAD_MANAGEMENT)?,
+            consul: get(names::CONSUL_INITIAL_MANAGEMENT)?,
+            nomad: get(names::NOMAD_MANAGEMENT)?,
             all,
         })
     }
@@ -437,21 +434,21 @@ async fn node_tokens(
             "consul.hcl",
             "/etc/consul.d/consul.hcl",
             "agent",
-            CONSUL_AGENT,
+            names::CONSUL_AGENT,
         )];
         if n.group.is_nomad_server() {
             want.push((
                 "nomad.hcl",
                 "/etc/nomad.d/nomad.hcl",
                 "token",
-                "consul/tokens/nomad-server",
+                names::CONSUL_NOMAD_SERVER,
             ));
         } else if n.group.is_nomad_client() {
             want.push((
                 "nomad.hcl",
                 "/etc/nomad.d/nomad.hcl",
                 "token",
-                "consul/tokens/nomad-client",
+                names::CONSUL_NOMAD_CLIENT,
             ));
         }
         for (file, path, key, secret) in want {

@@ -159,10 +159,8 @@ impl Cluster {
         let text = fs::read_to_string(paths.state_file())
             .context("no cluster is up (no state file); run `cargo xtask cluster up`")?;
         let state: State = serde_json::from_str(&text)?;
-        let topology = match state.topology.as_str() {
-            "seed" => Topology::Seed,
-            _ => Topology::Small,
-        };
+        let topology = <Topology as clap::ValueEnum>::from_str(&state.topology, false)
+            .map_err(|e| anyhow::anyhow!("state file: topology {:?}: {e}", state.topology))?;
         let endpoint = format!("http://{}:{MOTO_PORT}", host::HUB_IP);
         Ok(Cluster {
             user_data: default_user_data(&endpoint),

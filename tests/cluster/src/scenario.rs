@@ -148,7 +148,7 @@ async fn bootstrap_state(cluster: &Cluster) -> Result<serde_json::Value> {
         .cloud
         .secrets(CLUSTER)
         .await?
-        .remove(checks::CONSUL_MANAGEMENT)
+        .remove(kraken_secrets::names::CONSUL_INITIAL_MANAGEMENT)
         .context("no Consul management token in the store yet")?;
     let mut last_error = None;
     for n in cluster
@@ -286,8 +286,9 @@ async fn doctor_all_ok(vm: &crate::vm::Vm, after: &str) -> Result<()> {
 
 /// Every node's doctor says all is well; then, one at a time, each fault of
 /// issue #6 that exists in this cluster is injected on a real node, named
-/// by doctor, and undone: Consul stopped, a config edited by hand, a bad
-/// tag, IMDS unreachable, the node's Consul token deleted, no leader.
+/// by doctor, and undone: Consul stopped, a config edited by hand, a
+/// certificate expiring in 5 days, EC2 access denied, a bad tag, IMDS
+/// unreachable, the node's Consul token deleted, no leader.
 async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
     // Polled, not one shot: right after a server changed, doctor rightly
     // warns that the configs' server lists differ from a fresh render until
@@ -401,7 +402,13 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
     doctor_all_ok(&cluster.vms[index], "the tag was fixed").await?;
 
     cluster.vms[index].stop_imds();
-    let named = doctor_names(cluster, &cluster.vms[index], "IMDS unreachable", "imds", "");
+    let named = doctor_names(
+        cluster,
+        &cluster.vms[index],
+        "IMDS unreachable",
+        "imds",
+        "instance metadata service unreachable",
+    );
     cluster.vms[index].start_imds()?;
     named?;
     doctor_all_ok(&cluster.vms[index], "IMDS came back").await?;
@@ -411,7 +418,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
     let tokens = cluster.tokens().await?;
     let agent_secret = tokens
         .all
-        .get(checks::CONSUL_AGENT)
+        .get(kraken_secrets::names::CONSUL_AGENT)
         .context("no agent token")?
         .clone();
     let server = cluster

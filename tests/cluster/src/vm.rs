@@ -48,19 +48,6 @@ pub struct Vm {
     pub gone: bool,
 }
 
-/// The agent's /run/kraken/status.json, the fields the harness reads.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct AgentStatus {
-    #[serde(default)]
-    pub phase: String,
-    #[serde(default)]
-    pub message: String,
-    pub converged_unix: Option<u64>,
-    #[serde(default)]
-    pub ec2_api_calls: u64,
-    pub last_error: Option<String>,
-}
-
 pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -242,7 +229,8 @@ impl Vm {
         fs::read_to_string(self.path(inside)?).ok()
     }
 
-    pub fn agent_status(&self) -> Option<AgentStatus> {
+    /// The agent's /run/kraken/status.json.
+    pub fn agent_status(&self) -> Option<kraken_ready::Status> {
         serde_json::from_str(&self.read("/run/kraken/status.json")?).ok()
     }
 
