@@ -110,6 +110,29 @@ impl ClientTls {
             identity_pem: identity_pem.map(<[u8]>::to_vec),
         }
     }
+
+    /// Trust only the cluster CA, and present the certificate if there is
+    /// one: for this crate's clients and any other caller of the same
+    /// services (the cluster harness).
+    pub fn apply(
+        &self,
+        builder: reqwest::ClientBuilder,
+        service: &'static str,
+    ) -> Result<reqwest::ClientBuilder, HashiError> {
+        let tls_err = |what: &str, e: reqwest::Error| HashiError::Tls {
+            service,
+            detail: format!("{what}: {}", error_chain(&e)),
+        };
+        let roots = reqwest::Certificate::from_pem_bundle(&self.ca_pem)
+            .map_err(|e| tls_err("the CA file is not PEM", e))?;
+        let mut builder = builder.tls_certs_only(roots);
+        if let Some(identity) = &self.identity_pem {
+            let identity = reqwest::Identity::from_pem(identity)
+                .map_err(|e| tls_err("the client certificate or key is not PEM", e))?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
+    }
 }
 
 impl HashiError {
@@ -165,18 +188,7 @@ impl Http {
             // environment.
             .no_proxy();
         if let Some(tls) = tls {
-            let tls_err = |what: &str, e: reqwest::Error| HashiError::Tls {
-                service,
-                detail: format!("{what}: {}", error_chain(&e)),
-            };
-            let roots = reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
-                .map_err(|e| tls_err("the CA file is not PEM", e))?;
-            builder = builder.tls_certs_only(roots);
-            if let Some(identity) = &tls.identity_pem {
-                let identity = reqwest::Identity::from_pem(identity)
-                    .map_err(|e| tls_err("the client certificate or key is not PEM", e))?;
-                builder = builder.identity(identity);
-            }
+            builder = tls.apply(builder, service)?;
         }
         let client = builder.build().map_err(|e| HashiError::Unreachable {
             service,

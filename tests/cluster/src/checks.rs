@@ -97,24 +97,25 @@ impl Api {
     /// Takes the cluster CA and the node's certificates from a running VM's
     /// root (`/proc/<pid>/root`).
     pub fn load_tls(&self, root: &Path) -> Result<()> {
-        let read = |p: &str| {
-            std::fs::read(root.join(p)).with_context(|| format!("reading /{p} in the VM"))
-        };
-        let ca = reqwest::Certificate::from_pem(&read("etc/consul.d/tls/ca.pem")?)?;
-        let client = |cert: &str, key: &str| -> Result<reqwest::Client> {
-            let mut pem = read(cert)?;
-            pem.extend(read(key)?);
-            Ok(builder()
-                .tls_certs_only([ca.clone()])
-                .identity(reqwest::Identity::from_pem(&pem)?)
-                .build()?)
+        let ca = root.join("etc/consul.d/tls/ca.pem");
+        let client = |service: &'static str, cert: &str, key: &str| -> Result<reqwest::Client> {
+            let tls = kraken_hashi::ClientTls::from_files(
+                &ca,
+                Some((&root.join(cert), &root.join(key))),
+            )?;
+            Ok(tls.apply(builder(), service)?.build()?)
         };
         let clients = TlsClients {
             consul: client(
+                "Consul",
                 "etc/consul.d/tls/consul.pem",
                 "etc/consul.d/tls/consul-key.pem",
             )?,
-            nomad: client("etc/nomad.d/tls/nomad.pem", "etc/nomad.d/tls/nomad-key.pem")?,
+            nomad: client(
+                "Nomad",
+                "etc/nomad.d/tls/nomad.pem",
+                "etc/nomad.d/tls/nomad-key.pem",
+            )?,
         };
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(clients);
         Ok(())
