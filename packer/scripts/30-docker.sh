@@ -7,8 +7,8 @@
 #         DOCKER_VERSION optionally pins docker-ce/docker-ce-cli (an apt
 #         version string such as 5:27.5.1-1~debian.12~bookworm).
 #   local (the local test image) Debian's own docker.io package, and only
-#         when KRAKEN_INSTALL_DOCKER=1; otherwise nothing is installed (the
-#         local VMs run raw_exec/exec tasks and have no Docker engine).
+#         when KRAKEN_INSTALL_DOCKER=1 (`cargo xtask cluster` sets it);
+#         otherwise nothing is installed.
 #
 # Docker's daemon.json (log rotation, live-restore) is written by
 # kraken-agent on nomad-client nodes, which then enables and starts

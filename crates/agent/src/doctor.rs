@@ -670,7 +670,14 @@ async fn units_check<M: ServiceManager>(
             Ok(state) if state.enabled == "enabled" && state.active == "active" => {}
             Ok(state) => {
                 bad.push(format!("{unit} is {} and {}", state.enabled, state.active));
-                log.extend(state.recent_log.iter().map(|l| format!("{unit}: {l}")));
+                // systemd's own lines already begin with the unit's name.
+                log.extend(state.recent_log.iter().map(|l| {
+                    if l.starts_with(&format!("{unit}:")) {
+                        l.clone()
+                    } else {
+                        format!("{unit}: {l}")
+                    }
+                }));
             }
             Err(e) => bad.push(format!("{unit}: {e}")),
         }
@@ -1116,13 +1123,7 @@ fn docker_disk_check(settings: &Settings) -> Check {
             );
         }
     };
-    let total = stat.blocks() as f64 * stat.fragment_size() as f64;
-    let free = stat.blocks_available() as f64 * stat.fragment_size() as f64;
-    let used = if total > 0.0 {
-        100.0 * (1.0 - free / total)
-    } else {
-        0.0
-    };
+    let used = use_percent(&stat);
     let finding = format!("{} is {used:.0}% full", root.display());
     if used >= 90.0 {
         Check::bad(
@@ -1142,6 +1143,25 @@ fn docker_disk_check(settings: &Settings) -> Check {
         )
     } else {
         Check::ok("docker-disk", finding)
+    }
+}
+
+/// Use% as `df` computes it, so doctor and `df` on the node agree: used
+/// over what non-root users could have (used + available), rounded up. The
+/// blocks reserved for root count neither way; taking them as used (1 -
+/// available/total) reads a file system with a large reserve as far fuller
+/// than `df` shows.
+fn use_percent(stat: &nix::sys::statvfs::Statvfs) -> f64 {
+    df_use_percent(stat.blocks(), stat.blocks_free(), stat.blocks_available())
+}
+
+fn df_use_percent(blocks: u64, free: u64, available: u64) -> f64 {
+    let used = blocks.saturating_sub(free) as f64;
+    let usable = used + available as f64;
+    if usable > 0.0 {
+        (100.0 * used / usable).ceil()
+    } else {
+        0.0
     }
 }
 
@@ -1165,5 +1185,23 @@ fn oom_check() -> Check {
             "a task or service uses more memory than its limit or the machine has",
             "journalctl -k | grep -i 'killed process'; nomad alloc status <alloc> for task memory limits",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::df_use_percent;
+
+    #[test]
+    fn disk_use_is_what_df_shows() {
+        // A 252 GiB file system with 69 GiB used, 23 GiB available and the
+        // rest reserved (this build machine's disk): df says 69 / (69 +
+        // 23) = 75%, where 1 - available/size would say 91%.
+        let gib = 1 << 18; // 4 KiB blocks
+        assert_eq!(df_use_percent(252 * gib, 183 * gib, 23 * gib), 75.0);
+        // No reserve: used over size, rounded up as df does.
+        assert_eq!(df_use_percent(1000, 49, 49), 96.0);
+        assert_eq!(df_use_percent(1000, 1000, 1000), 0.0);
+        assert_eq!(df_use_percent(0, 0, 0), 0.0);
     }
 }

@@ -610,7 +610,10 @@ fn cluster_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
                 .arg(&image)
                 .env("KRAKEN_AGENT_BIN", bin.join("kraken-agent"))
                 .env("KRAKEN_CONSUL_BIN", &deps.consul)
-                .env("KRAKEN_NOMAD_BIN", &deps.nomad);
+                .env("KRAKEN_NOMAD_BIN", &deps.nomad)
+                // Nomad clients run Docker, as on AWS (Debian's docker.io
+                // here, Docker CE in the AMI): doctor checks it on real nodes.
+                .env("KRAKEN_INSTALL_DOCKER", "1");
             capture(&mut cmd).map(drop)
         })?;
     }

@@ -72,8 +72,8 @@ pub struct Cluster {
 
 /// The user data of every VM: where the EC2/SSM API is (the endpoint
 /// override, as user-data would set on AWS for a VPC endpoint), and the
-/// local cluster's agent.toml: raw_exec for the web job, and no Docker
-/// engine in the local image.
+/// local cluster's agent.toml: raw_exec for the web job (no registry to
+/// pull an image from); Docker runs on the clients as it would on AWS.
 pub fn default_user_data(endpoint: &str) -> UserData {
     // Plain HTTP only when asked (`--no-tls`): TLS is the agent's default.
     let tls = if checks::tls() {
@@ -92,9 +92,6 @@ client_addr = "0.0.0.0"
 
 [nomad]
 raw_exec = true
-
-[docker]
-enabled = false
 
 {tls}[discovery]
 refresh_secs = 15

@@ -208,6 +208,8 @@ async fn wait_for_holder(cluster: &Cluster, timeout: Duration) -> Result<String>
 struct Finding {
     level: String,
     finding: String,
+    /// What doctor tells the operator to run next.
+    next: String,
 }
 
 /// `kraken-agent doctor --json` inside a VM, as a person logged in would
@@ -234,6 +236,7 @@ fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, Finding>)> {
                 Finding {
                     level: c["level"].as_str()?.to_owned(),
                     finding: c["finding"].as_str().unwrap_or_default().to_owned(),
+                    next: c["next"].as_str().unwrap_or_default().to_owned(),
                 },
             ))
         })
@@ -241,17 +244,20 @@ fn doctor(vm: &crate::vm::Vm) -> Result<(i32, BTreeMap<String, Finding>)> {
     Ok((out.status.code().unwrap_or(-1), checks))
 }
 
-/// Doctor on `vm` must fail check `name` with a finding containing `says`.
+/// Doctor on `vm` must fail check `name` with a finding containing `says`,
+/// and tell the operator to run something containing `next`.
 fn doctor_names(
     cluster: &Cluster,
     vm: &crate::vm::Vm,
     fault: &str,
     name: &str,
     says: &str,
+    next: &str,
 ) -> Result<()> {
     let (code, checks) = doctor(vm)?;
     let found = checks.get(name);
-    let named = found.is_some_and(|c| c.level == "fail" && c.finding.contains(says));
+    let named = found
+        .is_some_and(|c| c.level == "fail" && c.finding.contains(says) && c.next.contains(next));
     if code != 2 || !named {
         bail!(
             "doctor on {} with {fault}: exit {code}, {name}: {found:?}; all: {checks:?}",
@@ -311,6 +317,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         "Consul stopped",
         "units",
         "consul.service is enabled and inactive",
+        "systemctl status consul.service",
     );
     client.exec(&["systemctl", "start", "consul"])?;
     named?;
@@ -368,6 +375,40 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         doctor_all_ok(client, "the certificate was removed").await?;
     }
 
+    // Docker's data root over 90 % full: a 16 MiB tmpfs over it, 15 MiB of
+    // it taken. Docker keeps running on its open files underneath.
+    let data_root = "/var/lib/docker";
+    client.exec(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=16m",
+        "kraken-fill",
+        data_root,
+    ])?;
+    let filled = client.exec(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={data_root}/fill"),
+        "bs=1M",
+        "count=15",
+        "status=none",
+    ]);
+    let named = filled.and_then(|_| {
+        doctor_names(
+            cluster,
+            client,
+            "Docker's data root 94% full",
+            "docker-disk",
+            "/var/lib/docker is 94% full",
+            "docker system df",
+        )
+    });
+    client.exec(&["umount", data_root])?;
+    named?;
+    doctor_all_ok(client, "the data root has room again").await?;
+
     // EC2 access denied: the node's EC2 endpoint (its agent.env, which
     // doctor reads like the unit) answers every call as EC2 does for a role
     // without the permission. moto's IAM enforcement is all-or-nothing for
@@ -384,6 +425,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         "EC2 access denied",
         "aws",
         "ec2:DescribeInstances was denied",
+        "docs/iam.md",
     );
     std::fs::write(&env_path, &env)?;
     named?;
@@ -396,6 +438,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         "a bad tag",
         "tags",
         "kraken:node-class has value \"no spaces allowed\"",
+        "aws ec2 describe-tags",
     );
     cluster.vms[index].set_imds_tag("kraken:node-class", old.as_deref())?;
     named?;
@@ -408,6 +451,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         "IMDS unreachable",
         "imds",
         "instance metadata service unreachable",
+        "curl -sX PUT http://169.254.169.254/latest/api/token",
     );
     cluster.vms[index].start_imds()?;
     named?;
@@ -454,6 +498,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
         "its Consul token deleted",
         "consul",
         "does not know this node's agent token",
+        "consul acl token list",
     );
     cluster
         .api
@@ -492,6 +537,7 @@ async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
             "2 of 3 Consul servers stopped",
             "consul",
             "no Raft leader",
+            "consul operator raft list-peers",
         );
         if r.is_ok() || Instant::now() > deadline {
             break r;

@@ -114,11 +114,23 @@ impl Launch<'_> {
                 // read-only): Nomad then runs its tasks without cgroups
                 // instead of failing to create /sys/fs/cgroup/memory/nomad.
                 "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1",
+                // The VM's own network namespace is its to configure, as an
+                // EC2 instance's is: Docker makes its bridge and NAT rules
+                // and turns on IP forwarding there. nspawn grants that
+                // (CAP_NET_ADMIN, a writable /proc/sys/net) only with
+                // networking options of its own, not with a namespace path.
+                "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network",
                 "systemd-nspawn",
                 // No host systemd here: no machined registration, no scope.
                 "--register=no",
                 "--keep-unit",
                 &format!("--network-namespace-path=/run/netns/{netns}"),
+                "--capability=CAP_NET_ADMIN",
+                // Docker's data root is a disk of the VM's own, as the root
+                // volume is on EC2: doctor's disk check then reads the VM's
+                // use, not the build machine's, and Docker gets overlay2
+                // (it cannot stack on the image's overlayfs).
+                "--tmpfs=/var/lib/docker:mode=0710,size=1g",
                 &format!("--machine={}", self.name),
                 "--console=passive",
                 &bind_web,
