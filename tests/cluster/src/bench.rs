@@ -212,6 +212,23 @@ struct NodeFigures {
     /// EC2 calls the agent itself counted (status.json).
     agent_ec2_calls: u64,
     agent_peak_rss_mib: Option<f64>,
+    /// The agent's longest silence before READY, from its journal, and
+    /// the line it followed (what it was waiting on): the reason behind a
+    /// slow node.
+    longest_wait: Option<(f64, String)>,
+}
+
+/// The largest gap between consecutive lines of the agent's log up to its
+/// READY line, with the line before the gap.
+fn longest_wait(log: &[(f64, String)]) -> Option<(f64, String)> {
+    let end = log
+        .iter()
+        .position(|(_, m)| m.starts_with("ready:"))
+        .unwrap_or(log.len().saturating_sub(1));
+    log[..=end.min(log.len().checked_sub(1)?)]
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0, w[0].1.clone()))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 #[derive(Debug, Serialize)]
@@ -305,6 +322,7 @@ async fn one_run(
                     - to_ready,
                 agent_ec2_calls: status.ec2_api_calls,
                 agent_peak_rss_mib: vm.agent_peak_rss_kib().map(|k| k as f64 / 1024.0),
+                longest_wait: longest_wait(&vm.agent_log().unwrap_or_default()),
             }
         })
         .collect();
@@ -354,7 +372,35 @@ pub async fn bench(paths: Paths, topology: Topology) -> Result<bool> {
                     .map(|m| format!("{m:.1}"))
                     .unwrap_or("-".into()),
             );
+            if let Some((secs, after)) = &n.longest_wait {
+                eprintln!("      longest wait {secs:.1}s, after: {after}");
+            }
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_wait;
+
+    #[test]
+    fn the_longest_wait_is_before_ready() {
+        let log: Vec<(f64, String)> = [
+            (0.0, "reading instance identity from IMDS"),
+            (1.0, "waiting for Nomad to answer"),
+            (68.0, "waiting for this node's tokens in the secret store"),
+            (68.5, "ready: converged"),
+            (200.0, "discovery: 2 EC2 API calls so far"),
+        ]
+        .into_iter()
+        .map(|(t, m)| (t, m.to_owned()))
+        .collect();
+        assert_eq!(
+            longest_wait(&log),
+            Some((67.0, "waiting for Nomad to answer".to_owned()))
+        );
+        assert_eq!(longest_wait(&log[..1]), None);
+        assert_eq!(longest_wait(&[]), None);
+    }
 }

@@ -178,8 +178,7 @@ pub fn vm_netns(name: &str) -> String {
 /// address, a default route through the hub, and the IMDS address on `lo`.
 pub fn vm_net_up(name: &str, address: &str) -> Result<()> {
     let ns = vm_netns(name);
-    // Interface names are at most 15 bytes.
-    let host_end = format!("kv-{}", &name[..name.len().min(12)]);
+    let host_end = vm_veth(name);
     ip(&["netns", "add", &ns])?;
     ip(&[
         "-n", HUB_NETNS, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
@@ -212,8 +211,20 @@ pub fn vm_net_up(name: &str, address: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deleting a namespace destroys its end of the veth pair, and with it the
-/// hub's end.
+/// The hub's end of a VM's veth pair. Interface names are at most 15 bytes.
+fn vm_veth(name: &str) -> String {
+    format!("kv-{}", &name[..name.len().min(12)])
+}
+
+/// Removes a VM's network: the veth pair first, because the kernel frees a
+/// deleted namespace (and the veth end in it) asynchronously, so a VM
+/// booted again under the same name right after would find the hub's end
+/// still there.
+pub fn vm_net_down(name: &str) {
+    let _ = run("ip", &["-n", HUB_NETNS, "link", "delete", &vm_veth(name)]);
+    netns_delete(&vm_netns(name));
+}
+
 pub fn netns_delete(ns: &str) {
     let _ = run("ip", &["netns", "delete", ns]);
 }

@@ -260,6 +260,23 @@ impl Vm {
     /// The kraken-agent's journal, also after the VM is gone (persistent
     /// journal in the overlay's upper layer).
     pub fn agent_journal(&self) -> Result<String> {
+        self.agent_journal_as("cat")
+    }
+
+    /// The agent's journal as (seconds since the epoch, message) pairs.
+    pub fn agent_log(&self) -> Result<Vec<(f64, String)>> {
+        let json = self.agent_journal_as("json")?;
+        Ok(json
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| {
+                let micros: f64 = e["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()?;
+                Some((micros / 1e6, e["MESSAGE"].as_str()?.to_owned()))
+            })
+            .collect())
+    }
+
+    fn agent_journal_as(&self, output: &str) -> Result<String> {
         let dir = self.dir.join("upper/var/log/journal");
         let machine_id = fs::read_dir(&dir)
             .with_context(|| format!("no journal in {}", dir.display()))?
@@ -275,7 +292,7 @@ impl Vm {
                 "-u",
                 "kraken-agent.service",
                 "-o",
-                "cat",
+                output,
                 "--no-pager",
             ],
         )
@@ -343,7 +360,7 @@ impl Vm {
         host::signal(self.imds_pid, Signal::SIGTERM);
         host::wait_gone(self.imds_pid, Duration::from_secs(5));
         host::unmount_below(&self.dir.join("root"));
-        host::netns_delete(&host::vm_netns(&self.name));
+        host::vm_net_down(&self.name);
         self.gone = true;
     }
 }
