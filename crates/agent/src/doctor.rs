@@ -341,12 +341,9 @@ pub async fn doctor(settings: &Settings) -> Vec<Check> {
     if spec.runs_nomad() {
         // On Nomad servers the management token, to show its life.
         let nomad_token = match &store {
-            Ok(store) if spec.has(Role::NomadServer) => store
-                .get(names::NOMAD_MANAGEMENT)
-                .await
-                .ok()
-                .flatten()
-                .map(|s| Token::new(s.expose())),
+            Ok(store) if spec.has(Role::NomadServer) => {
+                stored_token(store, names::NOMAD_MANAGEMENT).await
+            }
             _ => None,
         };
         checks.push(timed("nomad", nomad_check(settings, &spec, nomad_token)).await);
@@ -904,12 +901,9 @@ async fn bootstrap_check(
     let token = match token {
         Some(t) if spec.has(Role::ConsulServer) => Some(t),
         _ => match store {
-            Ok(store) if spec.has(Role::NomadServer) => store
-                .get(names::CONSUL_NOMAD_SERVER)
-                .await
-                .ok()
-                .flatten()
-                .map(|s| Token::new(s.expose())),
+            Ok(store) if spec.has(Role::NomadServer) => {
+                stored_token(store, names::CONSUL_NOMAD_SERVER).await
+            }
             _ => None,
         },
     };
@@ -1089,6 +1083,17 @@ fn tls_check(settings: &Settings) -> Check {
     } else {
         Check::ok("tls", finding)
     }
+}
+
+/// A token from the secret store, if this node may read it. A refusal or
+/// an outage is not this check's finding: the `secrets` check reports it.
+async fn stored_token(store: &Store, name: &str) -> Option<Token> {
+    store
+        .get(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|s| Token::new(s.expose()))
 }
 
 fn collect_pem(dir: &Path, depth: u8, out: &mut Vec<PathBuf>) {

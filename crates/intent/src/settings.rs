@@ -302,8 +302,7 @@ pub enum DockerLogDriver {
 #[serde(default, deny_unknown_fields)]
 pub struct DockerSettings {
     /// Whether `nomad-client` nodes configure and start Docker. Off for
-    /// clients whose jobs use only `exec`/`raw_exec` (the local VM cluster,
-    /// whose image has no Docker engine).
+    /// clients whose jobs use only `exec`/`raw_exec`.
     pub enabled: bool,
     pub log_driver: DockerLogDriver,
     /// json-file rotation: size of one file before rotation.

@@ -574,7 +574,7 @@ fn cluster_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
     let root = cache_dir()?.join("cluster");
     fs::create_dir_all(&root)?;
     let bin = target.join("debug");
-    // Only `up` and `test` boot VMs: `status` and `down` work with what is
+    // Only `up`, `test` and `bench` boot VMs: `status` and `down` work with what is
     // running, even if the sources changed since.
     let boots = matches!(args[0].as_str(), "up" | "test" | "bench");
     let mut packages = vec!["kraken-cluster"];
