@@ -412,7 +412,12 @@ async fn too_few_servers_means_looking_again_not_failing() {
     };
     let record = |s: &str| statuses.lock().unwrap().push(s.to_owned());
     let (peers, ()) = tokio::join!(
-        kraken_agent::steps::discover_until_enough(&source, &spec, &mut backoff, &record),
+        kraken_agent::steps::discovery::discover_until_enough(
+            &source,
+            &spec,
+            &mut backoff,
+            &record
+        ),
         late
     );
     assert_eq!(peers.unwrap().consul_servers.len(), 3);

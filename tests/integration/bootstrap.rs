@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kraken_agent::steps::{self, SecretsMode};
+use kraken_agent::steps::secrets::{self, SecretsMode};
 use kraken_bootstrap::{Bootstrap, BootstrapError, LeaseSettings, Phase, Report, Step};
 use kraken_discovery::Peers;
 use kraken_hashi::{Consul, Nomad, Token};
@@ -103,7 +103,7 @@ async fn cluster(name: &str) -> Cluster {
         s.paths.consul_data_dir = dir.path().join("data");
         let spec = NodeSpec::from_tags(&identity.tags, &s.intent).unwrap();
         let store = store(&moto, name).await;
-        let secrets = steps::secrets(&store, &spec, &s, SecretsMode::Boot)
+        let secrets = secrets::secrets(&store, &spec, &s, SecretsMode::Boot)
             .await
             .unwrap();
         management = secrets.initial_management.clone();

@@ -54,7 +54,7 @@ fn read(node: &Node, path: &str) -> String {
 async fn intermediate(node: &Node, authority: Authority) -> Intermediate {
     let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
     let bundle = store
-        .get(kraken_agent::tls::secret_name(authority))
+        .get(kraken_agent::steps::pki::secret_name(authority))
         .await
         .unwrap()
         .unwrap();
@@ -436,21 +436,23 @@ async fn a_nomad_client_reads_only_its_own_intermediates_and_cannot_issue_a_serv
         )
         .unwrap()
     };
-    let mode = kraken_agent::steps::SecretsMode::Boot;
+    let mode = kraken_agent::steps::secrets::SecretsMode::Boot;
     let store = moto_store(&moto.endpoint(), "roles", TEST_KEY).await;
-    let server = kraken_agent::tls::authorities(&store, &spec("consul-server"), &settings, mode)
-        .await
-        .unwrap()
-        .unwrap();
+    let server =
+        kraken_agent::steps::pki::authorities(&store, &spec("consul-server"), &settings, mode)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(
         server.consul.permitted(),
         ["server.dc1.consul", "localhost"]
     );
 
-    let client = kraken_agent::tls::authorities(&store, &spec("nomad-client"), &settings, mode)
-        .await
-        .unwrap()
-        .unwrap();
+    let client =
+        kraken_agent::steps::pki::authorities(&store, &spec("nomad-client"), &settings, mode)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(
         client.consul.permitted(),
         ["client.dc1.consul", "localhost"]
@@ -474,11 +476,11 @@ async fn a_nomad_client_reads_only_its_own_intermediates_and_cannot_issue_a_serv
     }
     // What each role reads: nothing that can sign for a server.
     assert_eq!(
-        kraken_agent::tls::consul_authority(&spec("nomad-client")),
+        kraken_agent::steps::pki::consul_authority(&spec("nomad-client")),
         Authority::ConsulClient
     );
     assert_eq!(
-        kraken_agent::tls::nomad_authority(&spec("nomad-client")),
+        kraken_agent::steps::pki::nomad_authority(&spec("nomad-client")),
         Some(Authority::NomadClient)
     );
 }

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kraken_agent::{BootError, render_cmd, run};
+use kraken_agent::BootError;
+use kraken_agent::cmd::{doctor, render, run};
 use kraken_intent::{DEFAULT_SETTINGS_PATH, Settings};
 
 /// The unit's `EnvironmentFile=` (systemd/kraken-agent.service).
@@ -89,20 +90,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let checks = kraken_agent::doctor::doctor(&settings).await;
+            let checks = doctor::doctor(&settings).await;
             if json {
                 let doc = serde_json::json!({
                     "checks": checks,
-                    "exit_status": kraken_agent::doctor::exit_code(&checks),
+                    "exit_status": doctor::exit_code(&checks),
                 });
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&doc).expect("serialises")
                 );
             } else {
-                kraken_agent::doctor::print(&checks);
+                doctor::print(&checks);
             }
-            ExitCode::from(kraken_agent::doctor::exit_code(&checks))
+            ExitCode::from(doctor::exit_code(&checks))
         });
     }
     let result = runtime.block_on(async {
@@ -110,7 +111,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run => run::run(settings).await,
             Command::Render { out, node, json } => {
-                render_cmd::render(&settings, node.as_deref(), &out, json).await
+                render::render(&settings, node.as_deref(), &out, json).await
             }
             Command::Version | Command::Doctor { .. } => unreachable!("handled above"),
         }

@@ -104,6 +104,11 @@ impl ClientTls {
         })
     }
 
+    /// The certificate chain and key this client presents, PEM.
+    pub fn identity_pem(&self) -> Option<&[u8]> {
+        self.identity_pem.as_deref()
+    }
+
     pub fn from_pem(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> ClientTls {
         ClientTls {
             ca_pem: ca_pem.to_vec(),
@@ -145,6 +150,22 @@ impl HashiError {
 
     pub fn is_unreachable(&self) -> bool {
         matches!(self, HashiError::Unreachable { .. })
+    }
+
+    /// Worth trying again unchanged: the agent is not answering (yet), or
+    /// answered with a server error (no leader, an election, overload).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HashiError::Unreachable { .. } => true,
+            HashiError::Status { status, .. } => *status >= 500,
+            HashiError::Decode { .. } | HashiError::BadUrl { .. } | HashiError::Tls { .. } => false,
+        }
+    }
+
+    /// The client could not be made from this node's own configuration: an
+    /// address that is not a URL, or TLS files that are missing or broken.
+    pub fn is_config(&self) -> bool {
+        matches!(self, HashiError::BadUrl { .. } | HashiError::Tls { .. })
     }
 }
 
@@ -190,10 +211,11 @@ impl Http {
         if let Some(tls) = tls {
             builder = tls.apply(builder, service)?;
         }
-        let client = builder.build().map_err(|e| HashiError::Unreachable {
+        // Building fails only on what was configured (TLS material the TLS
+        // stack refuses), never on the peer.
+        let client = builder.build().map_err(|e| HashiError::Tls {
             service,
-            url: base.clone(),
-            detail: e.to_string(),
+            detail: format!("cannot build the client for {base}: {}", error_chain(&e)),
         })?;
         Ok(Http {
             service,

@@ -326,11 +326,12 @@ impl TestPki {
         let settings = kraken_intent::Settings::parse(settings).unwrap();
         let spec =
             kraken_intent::NodeSpec::from_tags(&node.identity.tags, &settings.intent).unwrap();
-        let authorities = kraken_agent::tls::NodeAuthorities {
-            consul: self.intermediate(kraken_agent::tls::consul_authority(&spec)),
-            nomad: kraken_agent::tls::nomad_authority(&spec).map(|a| self.intermediate(a)),
+        let authorities = kraken_agent::steps::pki::NodeAuthorities {
+            consul: self.intermediate(kraken_agent::steps::pki::consul_authority(&spec)),
+            nomad: kraken_agent::steps::pki::nomad_authority(&spec).map(|a| self.intermediate(a)),
         };
-        kraken_agent::tls::ensure_leaves(&node.identity, &spec, &settings, &authorities).unwrap();
+        kraken_agent::steps::pki::ensure_leaves(&node.identity, &spec, &settings, &authorities)
+            .unwrap();
     }
 }
 

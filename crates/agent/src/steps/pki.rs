@@ -1,12 +1,11 @@
-//! The cluster PKI on a node (design in `docs/pki.md`): the CA and the
-//! role intermediates in the secret store, the node's leaf certificates on
-//! disk, and the agent's own TLS clients.
+//! Steps 3 and 5 for the cluster PKI (design in `docs/pki.md`): the CA and
+//! the role intermediates in the secret store, the node's leaf certificates
+//! on disk.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use kraken_hashi::{ClientTls, Consul, Nomad, Token};
 use kraken_identity::Identity;
 use kraken_intent::{NodeSpec, Role, Settings};
 use kraken_pki::{Authority, Ca, CertInfo, ClusterNames, Intermediate};
@@ -14,7 +13,7 @@ use kraken_render::{Change, Service, TlsFiles};
 use kraken_secrets::{Secret, SecretStore, Store, names};
 
 use crate::BootError;
-use crate::steps::{SecretsMode, hashi_err, wait_for_secret};
+use crate::steps::secrets::{SecretsMode, wait_for_secret};
 
 /// Consul's `domain`; the agent does not change it.
 pub const CONSUL_DOMAIN: &str = "consul";
@@ -290,34 +289,4 @@ fn unix(t: SystemTime) -> u64 {
 pub fn read_cert(path: &Path) -> Option<CertInfo> {
     let pem = std::fs::read_to_string(path).ok()?;
     kraken_pki::inspect(&pem, &path.display().to_string()).ok()
-}
-
-/// The agent's client for its local Consul: TLS with the node's Consul
-/// certificate when TLS is on. Reads the files now, so make a new client
-/// after a renewal.
-pub fn consul_client(settings: &Settings, token: Option<Token>) -> Result<Consul, BootError> {
-    let tls = client_tls(settings.tls.enabled, &TlsFiles::consul(settings))?;
-    Consul::with_tls(&settings.consul.http_addr, token, tls.as_ref()).map_err(hashi_err)
-}
-
-/// The agent's client for its local Nomad, as [`consul_client`].
-pub fn nomad_client(settings: &Settings, token: Option<Token>) -> Result<Nomad, BootError> {
-    let tls = client_tls(settings.tls.enabled, &TlsFiles::nomad(settings))?;
-    Nomad::with_tls(&settings.nomad.http_addr, token, tls.as_ref()).map_err(hashi_err)
-}
-
-fn client_tls(enabled: bool, files: &TlsFiles) -> Result<Option<ClientTls>, BootError> {
-    if !enabled {
-        return Ok(None);
-    }
-    // Before the first boot wrote them (doctor on a new machine), a client
-    // that trusts nothing still says clearly that TLS failed.
-    if !files.ca.exists() {
-        return Ok(Some(ClientTls::from_pem(b"", None)));
-    }
-    let cert = (files.cert.exists() && files.key.exists())
-        .then_some((files.cert.as_path(), files.key.as_path()));
-    ClientTls::from_files(&files.ca, cert)
-        .map(Some)
-        .map_err(hashi_err)
 }

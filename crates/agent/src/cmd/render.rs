@@ -3,15 +3,16 @@
 
 use std::path::Path;
 
-use kraken_discovery::{Ec2Peers, PeerSource, StaticPeers};
-use kraken_identity::{IdentityProvider, ImdsIdentity, StaticIdentity};
+use kraken_discovery::{Ec2Peers, PeerSource, Peers, StaticPeers};
+use kraken_identity::{Identity, IdentityProvider, ImdsIdentity, StaticIdentity, TagsSource};
 use kraken_intent::Settings;
 use kraken_render::RenderSecrets;
 use kraken_secrets::Store;
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::node_file::NodeFile;
-use crate::{BootError, steps};
+use crate::steps::{discovery, node, render as rendering, secrets};
+use crate::{BootError, tuning};
 
 /// Renders into `out`, printing the plan as text or JSON on stdout.
 pub async fn render(
@@ -33,10 +34,7 @@ pub async fn render(
             .await
         }
         None => {
-            let provider = ImdsIdentity::new(
-                steps::imds_settings(settings),
-                steps::aws_settings(settings),
-            );
+            let provider = ImdsIdentity::new(tuning::imds(settings), tuning::aws(settings));
             plan(settings, &provider, Source::Ec2, out, as_json).await
         }
     }
@@ -54,8 +52,8 @@ async fn plan<P: IdentityProvider>(
     out: &Path,
     as_json: bool,
 ) -> Result<(), BootError> {
-    let identity = steps::identity(provider).await?;
-    let spec = steps::intent(&identity, settings)?;
+    let identity = node::identity(provider).await?;
+    let spec = node::intent(&identity, settings)?;
     let (peers, ec2_calls, secrets) = match source {
         // A node file describes a node without a cluster behind it: no
         // secrets, and the configs show where they would go.
@@ -65,23 +63,22 @@ async fn plan<P: IdentityProvider>(
             RenderSecrets::default(),
         ),
         Source::Ec2 => {
-            let sdk =
-                kraken_aws::sdk_config(&identity.region, &steps::aws_settings(settings)).await;
+            let sdk = kraken_aws::sdk_config(&identity.region, &tuning::aws(settings)).await;
             let calls = kraken_aws::ApiCalls::default();
             let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
             // A dry run reports what it finds now; it does not wait, and it
             // reads secrets without creating any.
-            let peers = steps::discover(&ec2, &spec).await?;
+            let peers = discovery::discover(&ec2, &spec).await?;
             let ssm_calls = kraken_aws::ApiCalls::default();
             let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?;
             let secrets =
-                steps::secrets(&store, &spec, settings, steps::SecretsMode::ReadOnly).await?;
+                secrets::secrets(&store, &spec, settings, secrets::SecretsMode::ReadOnly).await?;
             (peers, ec2.api_calls(), secrets)
         }
     };
-    let files = steps::render(&identity, &spec, &peers, settings, &secrets)?;
-    let changes = steps::install(&files, Some(out))?;
-    let shortfall = peers.shortfall(steps::needed(&spec));
+    let files = rendering::render(&identity, &spec, &peers, settings, &secrets)?;
+    let changes = rendering::install(&files, Some(out))?;
+    let shortfall = peers.shortfall(discovery::needed(&spec));
 
     if as_json {
         let doc = json!({
@@ -142,4 +139,31 @@ async fn plan<P: IdentityProvider>(
     }
     println!("start     nothing (dry run)");
     Ok(())
+}
+
+/// A node description file: identity, tags and peers in one TOML or JSON
+/// document, so `render --node FILE` works with no AWS at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub identity: Identity,
+    #[serde(default)]
+    pub peers: Peers,
+}
+
+impl NodeFile {
+    pub fn load(path: &Path) -> Result<NodeFile, BootError> {
+        let err = |message: String| BootError::NodeFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut node: NodeFile = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| err(e.to_string()))?
+        };
+        node.identity.tags_source = TagsSource::NodeFile;
+        Ok(node)
+    }
 }

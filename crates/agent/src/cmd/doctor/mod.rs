@@ -1,0 +1,409 @@
+//! `kraken-agent doctor`: what is wrong with this node, and what to do.
+//!
+//! Read-only: every check calls the same step code `run` does, with short
+//! deadlines, and changes nothing (no secret is created, no file written,
+//! no service touched). One line per check; for a warning or failure, the
+//! likely cause and the next command to run.
+//!
+//! The checks are one list, [`Kind::ALL`], in the order they run. Each says
+//! what it needs ([`Needs`]); when that is unknown because an earlier check
+//! failed, the runner reports it skipped, with the reason.
+
+mod agents;
+mod cluster;
+mod host;
+mod node;
+
+use std::time::Duration;
+
+use kraken_discovery::Peers;
+use kraken_identity::Identity;
+use kraken_intent::{NodeSpec, Settings};
+use kraken_render::RenderSecrets;
+use kraken_secrets::{SecretError, SecretStore, Store};
+use serde::Serialize;
+
+use crate::tuning;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    /// Not run: what it needs failed earlier.
+    Skip,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    fn word(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Skip => "skip",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub finding: String,
+    /// Likely cause, for warn and fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The next thing to run or change, for warn and fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, finding: impl Into<String>) -> Check {
+        Check {
+            name,
+            level: Level::Ok,
+            finding: finding.into(),
+            cause: None,
+            next: None,
+        }
+    }
+
+    fn bad(
+        name: &'static str,
+        level: Level,
+        finding: impl Into<String>,
+        cause: impl Into<String>,
+        next: impl Into<String>,
+    ) -> Check {
+        Check {
+            name,
+            level,
+            finding: finding.into(),
+            cause: Some(cause.into()),
+            next: Some(next.into()),
+        }
+    }
+
+    fn skip(name: &'static str, why: &str) -> Check {
+        Check {
+            name,
+            level: Level::Skip,
+            finding: format!("not checked: {why}"),
+            cause: None,
+            next: None,
+        }
+    }
+}
+
+/// The exit status: 0 all ok, 1 warnings, 2 any failure.
+pub fn exit_code(checks: &[Check]) -> u8 {
+    match checks.iter().map(|c| c.level).max() {
+        Some(Level::Fail) => 2,
+        Some(Level::Warn) => 1,
+        _ => 0,
+    }
+}
+
+pub fn print(checks: &[Check]) {
+    for c in checks {
+        println!("{:<4}  {:<12} {}", c.level.word(), c.name, c.finding);
+        if let Some(cause) = &c.cause {
+            println!("      {:<12} cause: {cause}", "");
+        }
+        if let Some(next) = &c.next {
+            println!("      {:<12} next:  {next}", "");
+        }
+    }
+}
+
+/// Every check's deadline: doctor never hangs.
+const DEADLINE: Duration = Duration::from_secs(8);
+
+async fn timed<F: Future<Output = Check>>(name: &'static str, f: F) -> Check {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(c) => c,
+        Err(_) => Check::bad(
+            name,
+            Level::Fail,
+            format!("no answer within {}s", DEADLINE.as_secs()),
+            "the service or API it asks is hung or unreachable",
+            "run the check's command by hand (see docs/operations.md)",
+        ),
+    }
+}
+
+/// What a check needs to have been learnt before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// The instance identity (the `imds` check).
+    Identity,
+    /// The node spec (the `tags` check), and with it the AWS clients.
+    Spec,
+}
+
+/// Every check, in the order it runs and prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Imds,
+    Tags,
+    Aws,
+    Clock,
+    Discovery,
+    Secrets,
+    Configs,
+    Units,
+    Consul,
+    Nomad,
+    Bootstrap,
+    Tls,
+    DockerDisk,
+    Oom,
+}
+
+impl Kind {
+    const ALL: [Kind; 14] = [
+        Kind::Imds,
+        Kind::Tags,
+        Kind::Aws,
+        Kind::Clock,
+        Kind::Discovery,
+        Kind::Secrets,
+        Kind::Configs,
+        Kind::Units,
+        Kind::Consul,
+        Kind::Nomad,
+        Kind::Bootstrap,
+        Kind::Tls,
+        Kind::DockerDisk,
+        Kind::Oom,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Imds => "imds",
+            Kind::Tags => "tags",
+            Kind::Aws => "aws",
+            Kind::Clock => "clock",
+            Kind::Discovery => "discovery",
+            Kind::Secrets => "secrets",
+            Kind::Configs => "configs",
+            Kind::Units => "units",
+            Kind::Consul => "consul",
+            Kind::Nomad => "nomad",
+            Kind::Bootstrap => "bootstrap",
+            Kind::Tls => "tls",
+            Kind::DockerDisk => "docker-disk",
+            Kind::Oom => "oom",
+        }
+    }
+
+    fn needs(self) -> Needs {
+        match self {
+            Kind::Imds | Kind::Tls | Kind::DockerDisk | Kind::Oom => Needs::Nothing,
+            Kind::Tags => Needs::Identity,
+            Kind::Aws
+            | Kind::Clock
+            | Kind::Discovery
+            | Kind::Secrets
+            | Kind::Configs
+            | Kind::Units
+            | Kind::Consul
+            | Kind::Nomad
+            | Kind::Bootstrap => Needs::Spec,
+        }
+    }
+
+    /// Runs the check; `None` when it does not apply to this node.
+    async fn run(self, ctx: &mut Context<'_>) -> Option<Check> {
+        Some(match self {
+            Kind::Imds => node::imds(ctx).await,
+            Kind::Tags => node::tags(ctx),
+            Kind::Aws => timed("aws", node::aws(ctx)).await,
+            Kind::Clock => timed("clock", node::clock(ctx)).await,
+            Kind::Discovery => node::discovery(ctx).await,
+            Kind::Secrets => cluster::secrets(ctx).await,
+            Kind::Configs => cluster::configs(ctx),
+            Kind::Units => timed("units", cluster::units(ctx)).await,
+            Kind::Consul => timed("consul", agents::consul(ctx)).await,
+            Kind::Nomad if ctx.spec.as_ref().is_some_and(NodeSpec::runs_nomad) => {
+                timed("nomad", agents::nomad(ctx)).await
+            }
+            Kind::Nomad => return None,
+            Kind::Bootstrap => timed("bootstrap", cluster::bootstrap(ctx)).await,
+            Kind::Tls => host::tls(ctx.settings),
+            Kind::DockerDisk
+                if ctx
+                    .spec
+                    .as_ref()
+                    .is_none_or(|s| ctx.settings.runs_docker(s)) =>
+            {
+                host::docker_disk(ctx.settings)
+            }
+            Kind::DockerDisk => return None,
+            Kind::Oom => host::oom(),
+        })
+    }
+}
+
+/// What the checks have learnt so far, for the checks after them.
+struct Context<'a> {
+    settings: &'a Settings,
+    identity: Option<Identity>,
+    spec: Option<NodeSpec>,
+    aws: Option<Aws>,
+    peers: Option<Peers>,
+    secrets: Option<RenderSecrets>,
+}
+
+/// The AWS clients of the node's region and cluster, as `run` makes them.
+struct Aws {
+    ec2: aws_sdk_ec2::Client,
+    calls: kraken_aws::ApiCalls,
+    store: Result<Store, SecretError>,
+}
+
+impl Context<'_> {
+    /// Why a check that needs `needs` cannot run, if it cannot.
+    fn missing(&self, needs: Needs) -> Option<&'static str> {
+        match needs {
+            Needs::Nothing => None,
+            _ if self.identity.is_none() => Some("the instance identity is unknown"),
+            Needs::Identity => None,
+            Needs::Spec if self.spec.is_none() => Some("the tags do not describe a node"),
+            Needs::Spec => None,
+        }
+    }
+
+    async fn connect_aws(&mut self) {
+        let (Some(identity), Some(spec)) = (&self.identity, &self.spec) else {
+            return;
+        };
+        if self.aws.is_some() {
+            return;
+        }
+        let sdk = kraken_aws::sdk_config(&identity.region, &tuning::aws(self.settings)).await;
+        let calls = kraken_aws::ApiCalls::default();
+        self.aws = Some(Aws {
+            ec2: kraken_aws::ec2_client(&sdk, &calls),
+            store: Store::from_settings(&self.settings.secrets, &spec.cluster, &sdk, &calls),
+            calls,
+        });
+    }
+
+    fn aws(&self) -> &Aws {
+        self.aws
+            .as_ref()
+            .expect("connect_aws runs before checks that need the spec")
+    }
+
+    fn spec(&self) -> &NodeSpec {
+        self.spec
+            .as_ref()
+            .expect("the runner skips checks whose spec is unknown")
+    }
+
+    fn identity(&self) -> &Identity {
+        self.identity
+            .as_ref()
+            .expect("the runner skips checks whose identity is unknown")
+    }
+
+    /// A token from the secret store, if this node may read it. A refusal
+    /// or an outage is not the asking check's finding: the `secrets` check
+    /// reports it.
+    async fn stored_token(&self, name: &str) -> Option<kraken_hashi::Token> {
+        let store = self.aws.as_ref()?.store.as_ref().ok()?;
+        store
+            .get(name)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| kraken_hashi::Token::new(s.expose()))
+    }
+}
+
+pub async fn doctor(settings: &Settings) -> Vec<Check> {
+    let mut ctx = Context {
+        settings,
+        identity: None,
+        spec: None,
+        aws: None,
+        peers: None,
+        secrets: None,
+    };
+    let mut checks = Vec::new();
+    for kind in Kind::ALL {
+        if let Some(why) = ctx.missing(kind.needs()) {
+            checks.push(Check::skip(kind.name(), why));
+            continue;
+        }
+        if kind.needs() == Needs::Spec {
+            ctx.connect_aws().await;
+        }
+        checks.extend(kind.run(&mut ctx).await);
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_has_a_distinct_name() {
+        let names: std::collections::BTreeSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len());
+    }
+
+    #[test]
+    fn a_check_runs_after_what_it_needs() {
+        let pos = |k: Kind| Kind::ALL.iter().position(|x| *x == k).unwrap();
+        for kind in Kind::ALL {
+            match kind.needs() {
+                Needs::Nothing => {}
+                Needs::Identity => assert!(pos(kind) > pos(Kind::Imds), "{kind:?}"),
+                Needs::Spec => assert!(pos(kind) > pos(Kind::Tags), "{kind:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn skips_follow_from_what_is_missing() {
+        let settings = Settings::default();
+        let ctx = Context {
+            settings: &settings,
+            identity: None,
+            spec: None,
+            aws: None,
+            peers: None,
+            secrets: None,
+        };
+        assert_eq!(ctx.missing(Needs::Nothing), None);
+        assert_eq!(
+            ctx.missing(Needs::Spec),
+            Some("the instance identity is unknown")
+        );
+        assert_eq!(
+            ctx.missing(Needs::Identity),
+            Some("the instance identity is unknown")
+        );
+    }
+
+    #[test]
+    fn exit_status_is_the_worst_level() {
+        let c = |level| Check {
+            name: "x",
+            level,
+            finding: String::new(),
+            cause: None,
+            next: None,
+        };
+        assert_eq!(exit_code(&[c(Level::Ok), c(Level::Skip)]), 0);
+        assert_eq!(exit_code(&[c(Level::Ok), c(Level::Warn)]), 1);
+        assert_eq!(exit_code(&[c(Level::Fail), c(Level::Warn)]), 2);
+        assert_eq!(exit_code(&[]), 0);
+    }
+}

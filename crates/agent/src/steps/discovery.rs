@@ -1,0 +1,76 @@
+//! Step 4: the cluster's servers, from EC2.
+
+use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
+use kraken_intent::{NodeSpec, Role, Settings};
+
+use crate::BootError;
+
+/// The servers a node must see before its config is worth writing: a
+/// server needs every expected peer of its kind (the first election waits
+/// for all of them anyway), any other node one server to join through;
+/// gossip finds the rest.
+pub fn needed(spec: &NodeSpec) -> Needed {
+    Needed {
+        consul_servers: if spec.has(Role::ConsulServer) {
+            spec.consul_servers.into()
+        } else {
+            1
+        },
+        nomad_servers: if spec.has(Role::NomadServer) {
+            spec.nomad_servers.into()
+        } else if spec.runs_nomad() {
+            1
+        } else {
+            0
+        },
+    }
+}
+
+/// One query.
+pub async fn discover<S: PeerSource>(source: &S, spec: &NodeSpec) -> Result<Peers, BootError> {
+    Ok(source.discover(&spec.cluster).await?)
+}
+
+/// Whether Consul and Nomad find their servers themselves (cloud auto-join
+/// strings for every kind of server this node needs): then this step is
+/// skipped and the configs carry the strings instead of addresses.
+pub fn uses_cloud_auto_join(spec: &NodeSpec, settings: &Settings) -> bool {
+    let needed = needed(spec);
+    (needed.consul_servers == 0 || settings.discovery.consul_auto_join.is_some())
+        && (needed.nomad_servers == 0 || settings.discovery.nomad_auto_join.is_some())
+}
+
+/// Queries until enough servers are found: refreshes with jittered
+/// backoff, reporting each shortfall through `status`.
+pub async fn discover_until_enough<S: PeerSource>(
+    source: &S,
+    spec: &NodeSpec,
+    backoff: &mut Backoff,
+    status: &(dyn Fn(&str) + Sync),
+) -> Result<Peers, BootError> {
+    let needed = needed(spec);
+    loop {
+        let result = discover(source, spec).await;
+        let wait = match &result {
+            Ok(peers) => match peers.shortfall(needed) {
+                None => return result,
+                Some(short) => {
+                    let delay = backoff.next_delay();
+                    status(&format!(
+                        "waiting for servers of cluster {}: {short}; looking again in {}s",
+                        spec.cluster,
+                        delay.as_secs()
+                    ));
+                    delay
+                }
+            },
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                status(&format!("{e}; retrying in {}s", delay.as_secs()));
+                delay
+            }
+            Err(_) => return result,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

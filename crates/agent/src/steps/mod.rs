@@ -1,0 +1,19 @@
+//! The boot steps, each implemented once; `run`, `render` and `doctor`
+//! call these same functions.
+//!
+//! 1. identity (IMDS) and 2. intent (tags and agent.toml): [`node`]
+//! 3. secrets: [`secrets`], and the cluster PKI: [`pki`]
+//! 4. discovery (EC2): [`discovery`]
+//! 5. render and install the configs: [`render`]
+//! 6. start the services: [`start`]
+//! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`]
+//! 8. ready: `kraken_ready`, driven by `cmd::run`
+
+pub mod bootstrap;
+pub mod discovery;
+pub mod node;
+pub mod pki;
+pub mod render;
+pub mod secrets;
+pub mod start;
+pub mod tokens;

@@ -1,0 +1,110 @@
+//! Step 3: the cluster secrets this node's configs carry.
+
+use std::time::Duration;
+
+use kraken_discovery::Backoff;
+use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_render::RenderSecrets;
+use kraken_secrets::{Secret, SecretStore, Store, names};
+
+use crate::{BootError, tuning};
+
+/// How step 3 treats a missing cluster-wide secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsMode {
+    /// `run`: Consul servers create missing cluster secrets (first writer
+    /// wins); other nodes, which IAM does not let write, wait for them.
+    Boot,
+    /// `render` and `doctor`: read what exists, create nothing.
+    ReadOnly,
+}
+
+/// The gossip key, on Consul servers the initial-management token, on
+/// Nomad servers Nomad's gossip key, and the role tokens the bootstrap
+/// creates, if they exist yet.
+pub async fn secrets(
+    store: &Store,
+    spec: &NodeSpec,
+    settings: &Settings,
+    mode: SecretsMode,
+) -> Result<RenderSecrets, BootError> {
+    let server = spec.has(Role::ConsulServer);
+    let gossip_key = match mode {
+        SecretsMode::Boot if server => Some(
+            store
+                .get_or_create(names::GOSSIP_KEY, Secret::gossip_key)
+                .await?,
+        ),
+        SecretsMode::Boot => Some(wait_for_secret(store, names::GOSSIP_KEY, settings).await?),
+        SecretsMode::ReadOnly => store.get(names::GOSSIP_KEY).await?,
+    };
+    let initial_management = match mode {
+        SecretsMode::Boot if server => Some(
+            store
+                .get_or_create(names::CONSUL_INITIAL_MANAGEMENT, Secret::random_token)
+                .await?,
+        ),
+        SecretsMode::ReadOnly if server => store.get(names::CONSUL_INITIAL_MANAGEMENT).await?,
+        _ => None,
+    };
+    let nomad_consul = match nomad_role_token(spec) {
+        Some(name) => store.get(name).await?,
+        None => None,
+    };
+    // Nomad servers create their own gossip key: they are the only readers,
+    // and IAM already lets them create their cluster's Nomad secrets.
+    let nomad_gossip_key = match mode {
+        SecretsMode::Boot if spec.has(Role::NomadServer) => Some(
+            store
+                .get_or_create(names::NOMAD_GOSSIP_KEY, Secret::gossip_key)
+                .await?,
+        ),
+        SecretsMode::ReadOnly if spec.has(Role::NomadServer) => {
+            store.get(names::NOMAD_GOSSIP_KEY).await?
+        }
+        _ => None,
+    };
+    Ok(RenderSecrets {
+        gossip_key,
+        nomad_gossip_key,
+        initial_management,
+        consul_agent: store.get(names::CONSUL_AGENT).await?,
+        nomad_consul,
+    })
+}
+
+/// The Consul token this node's Nomad runs with, if it runs Nomad.
+pub fn nomad_role_token(spec: &NodeSpec) -> Option<&'static str> {
+    if spec.has(Role::NomadServer) {
+        Some(names::CONSUL_NOMAD_SERVER)
+    } else if spec.has(Role::NomadClient) {
+        Some(names::CONSUL_NOMAD_CLIENT)
+    } else {
+        None
+    }
+}
+
+/// Waits, with backoff, until `name` exists in the store: a secret another
+/// node makes (the gossip key, the role tokens of the bootstrap).
+pub async fn wait_for_secret(
+    store: &Store,
+    name: &'static str,
+    settings: &Settings,
+) -> Result<Secret, BootError> {
+    let waited = tuning::secret_wait(settings);
+    let deadline = std::time::Instant::now() + waited;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    loop {
+        if let Some(s) = store.get(name).await? {
+            return Ok(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(BootError::SecretAbsent {
+                name,
+                location: store.location(name).unwrap_or_default(),
+                waited,
+            });
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}

@@ -1,0 +1,59 @@
+//! What each step's crate takes, derived from `agent.toml`: the one place
+//! where the file's seconds and counts become timeouts, attempts and
+//! backoffs.
+
+use std::time::Duration;
+
+use kraken_bootstrap::LeaseSettings;
+use kraken_discovery::Backoff;
+use kraken_intent::Settings;
+use kraken_start::Deadlines;
+
+pub fn imds(settings: &Settings) -> kraken_identity::ImdsSettings {
+    kraken_identity::ImdsSettings {
+        connect_timeout: Duration::from_millis(settings.imds.connect_timeout_ms),
+        read_timeout: Duration::from_millis(settings.imds.read_timeout_ms),
+        attempts: settings.imds.attempts,
+    }
+}
+
+pub fn aws(settings: &Settings) -> kraken_aws::AwsSettings {
+    kraken_aws::AwsSettings {
+        max_attempts: settings.aws.max_attempts,
+        max_backoff: Duration::from_secs(settings.aws.max_backoff_secs),
+        attempt_timeout: Duration::from_secs(settings.aws.attempt_timeout_secs),
+        ..kraken_aws::AwsSettings::default()
+    }
+}
+
+/// How long a starting service may take to answer, and a server to see a
+/// leader.
+pub fn deadlines(settings: &Settings) -> Deadlines {
+    Deadlines {
+        answer: Duration::from_secs(settings.start.answer_timeout_secs),
+        leader: Duration::from_secs(settings.start.leader_timeout_secs),
+        poll: Duration::from_millis(500),
+    }
+}
+
+/// Between discovery attempts while servers are missing, and between
+/// retries of a converge that failed transiently.
+pub fn discovery_backoff(settings: &Settings) -> Backoff {
+    Backoff::new(
+        Duration::from_secs(settings.discovery.retry_min_secs),
+        Duration::from_secs(settings.discovery.retry_max_secs),
+    )
+}
+
+pub fn lease(settings: &Settings) -> LeaseSettings {
+    LeaseSettings {
+        ttl: Duration::from_secs(settings.bootstrap.lease_ttl_secs),
+        lock_delay: Duration::from_secs(settings.bootstrap.lock_delay_secs),
+        ..LeaseSettings::default()
+    }
+}
+
+/// How long a node waits for a secret another node makes.
+pub fn secret_wait(settings: &Settings) -> Duration {
+    Duration::from_secs(settings.bootstrap.token_wait_secs)
+}
