@@ -11,6 +11,8 @@ mod bench;
 mod checks;
 mod cloud;
 mod cluster;
+mod doctor;
+mod faults;
 mod host;
 mod scenario;
 mod topology;

@@ -1,0 +1,67 @@
+//! `cargo xtask test`: the whole check, with the real peers in place.
+
+use anyhow::{Context, Result};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use crate::cluster;
+use crate::peers::deps;
+use crate::process::{describe, fmt_duration, step};
+use crate::{target_dir, workspace_root};
+
+pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
+    let deps = deps()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = target_dir()?;
+    let mut test_args = vec!["test", "--workspace"];
+    test_args.extend(cargo_test_args.iter().map(String::as_str));
+    let checks: [(&str, Vec<&str>); 3] = [
+        ("cargo fmt", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "cargo clippy",
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("cargo test", test_args),
+    ];
+    let started = Instant::now();
+    for (name, args) in checks {
+        eprintln!("xtask: [{name}] start");
+        let t = Instant::now();
+        let mut cmd = Command::new(&cargo);
+        cmd.args(&args)
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", &target);
+        for (var, path) in deps.vars() {
+            cmd.env(var, path);
+        }
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+        let took = fmt_duration(t.elapsed());
+        if !status.success() {
+            eprintln!("xtask: [{name}] FAILED ({took}): {status}");
+            eprintln!("xtask: command: {}", describe(&cmd));
+            let code = status.code().unwrap_or(1).clamp(1, 255);
+            return Ok(ExitCode::from(code as u8));
+        }
+        eprintln!("xtask: [{name}] ok ({took})");
+    }
+    let code = step("cluster test", || {
+        cluster::run_with(&deps, &target, &["test".into()])
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    eprintln!(
+        "xtask: all checks passed in {}",
+        fmt_duration(started.elapsed())
+    );
+    Ok(ExitCode::SUCCESS)
+}
