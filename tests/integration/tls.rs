@@ -412,10 +412,18 @@ async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
         "benchmark: deleted agent token recreated {:?} after the deletion",
         started.elapsed()
     );
-    assert!(
-        node.log()
-            .contains("recreated Consul tokens: consul/tokens/agent")
-    );
+    // Logged once every role token is checked: a moment after the agent
+    // token is back.
+    kraken_testkit::wait_until(
+        "the recreation to be logged",
+        Duration::from_secs(10),
+        || async {
+            node.log()
+                .contains("recreated Consul tokens: consul/tokens/agent")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
