@@ -2,11 +2,9 @@
 //! project's IMDS, through the agent binary and the SDK's standard
 //! environment; and every fault in issue #2's list.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 use kraken_fake_imds::{FakeImds, FakeImdsHandle};
 use kraken_testkit::{Moto, TestDir};
 use serde_json::Value;
@@ -190,9 +188,14 @@ async fn slow_imds_times_out_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_is_replaced() {
+    // The provider takes IMDS's address from the process environment, which
+    // no test may change in the process the other tests share.
+    if !in_child() {
+        return run_in_child("boot::a_rejected_token_is_replaced");
+    }
     let w = world(CLIENT, true).await;
-    // SAFETY: no other test in this binary reads this variable in-process;
-    // the others pass it to the agent's own environment.
+    // SAFETY: this process runs this test alone (`run_in_child`), and
+    // nothing in it reads the environment concurrently.
     unsafe { std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", w.imds.endpoint()) };
     let provider = kraken_identity::ImdsIdentity::new(Default::default(), Default::default());
     use kraken_identity::IdentityProvider;

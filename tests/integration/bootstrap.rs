@@ -2,14 +2,12 @@
 //! the agent's own renderer, ACLs default-deny, gossip encrypted), a real
 //! Nomad server with ACLs on, and moto's SSM as the secret store.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kraken_agent::steps::secrets::{self, SecretsMode};
 use kraken_bootstrap::{Bootstrap, BootstrapError, LeaseSettings, Phase, Report, Step};
 use kraken_discovery::Peers;
@@ -20,7 +18,8 @@ use kraken_render::Renderer;
 use kraken_secrets::{SecretStore, Store, names};
 use kraken_testkit::{LoopbackAddrs, Moto, NomadServer, Peer, PeerCommand, TestDir};
 
-/// Every log line of this test binary, to look for secrets in.
+/// Every log line of this test process (of every module, once installed),
+/// to look for secrets in.
 struct Capture(Mutex<Vec<String>>);
 
 impl log::Log for Capture {
@@ -75,10 +74,6 @@ fn settings() -> Settings {
 
 async fn store(moto: &Moto, cluster: &str) -> Store {
     moto_store(&moto.endpoint(), cluster, TEST_KEY).await
-}
-
-async fn store_at(endpoint: &str, cluster: &str, key: (&str, &str)) -> Store {
-    moto_store(endpoint, cluster, key).await
 }
 
 /// Three Consul servers rendered and started as `run` would, each with the
@@ -554,7 +549,7 @@ async fn throttled_ssm_is_retried_and_the_bootstrap_completes() {
     captured();
     let c = cluster("throttled").await;
     let (proxy, seen) = throttling_proxy(c.moto.endpoint(), 4, &SSM_THROTTLED).await;
-    let throttled = store_at(
+    let throttled = moto_store(
         &format!("http://{proxy}"),
         &c.cluster,
         ("testing", "testing"),
@@ -574,7 +569,7 @@ async fn ssm_access_denied_is_named_and_does_no_damage() {
     // role may not write the secret store.
     let strict = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
     let (key_id, key_secret) = restricted_user(&strict.endpoint(), "ssm:GetParameter").await;
-    let denied = store_at(&strict.endpoint(), &c.cluster, (&key_id, &key_secret)).await;
+    let denied = moto_store(&strict.endpoint(), &c.cluster, (&key_id, &key_secret)).await;
     let err = c.participant_with(0, None, &denied).await.unwrap_err();
     let text = err.to_string();
     assert!(!err.is_transient(), "{text}");

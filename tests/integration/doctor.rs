@@ -1,12 +1,10 @@
 //! `kraken-agent doctor` on a real node: healthy, then broken in each way
 //! this stack is known for; each time doctor must name it, with the hint.
 
-mod common;
-
 use std::time::Duration;
 
-use common::node::{Node, boot};
-use common::*;
+use crate::common::node::{Node, boot};
+use crate::common::*;
 use kraken_hashi::{Consul, Token};
 use kraken_secrets::SecretStore;
 
@@ -163,7 +161,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
 
     // The node's intermediate gone from the store: named by the secrets
     // check (a node booting now would wait for it).
-    let store = secret_store(&node).await;
+    let store = node.store().await;
     let name = kraken_secrets::names::PKI_NOMAD_SERVER;
     let bundle = store.get(name).await.unwrap().unwrap();
     store.delete(name).await.unwrap();
@@ -174,7 +172,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     store.create(name, &bundle).await.unwrap();
 
     // This node's Consul token deleted in Consul.
-    let store = secret_store(&node).await;
+    let store = node.store().await;
     let management = store
         .get(kraken_secrets::names::CONSUL_INITIAL_MANAGEMENT)
         .await
@@ -277,10 +275,6 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert!(c["cause"].as_str().unwrap().contains("hop limit"), "{c:#}");
     assert_eq!(check(&checks, "consul")["level"], "skip");
     node.imds.set_hang(false);
-}
-
-async fn secret_store(node: &Node) -> kraken_secrets::Store {
-    moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await
 }
 
 /// Runs doctor on a "node" that is only IMDS + AWS: for faults that need

@@ -5,16 +5,14 @@
 //! as processes of the test (systemd itself is exercised in the VM tests);
 //! everything the agent waits on is the real server answering.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::node::settings;
-use common::*;
+use crate::common::node::settings;
+use crate::common::*;
 use kraken_hashi::{Consul, Nomad, SessionBehavior, Token};
 use kraken_start::{Deadlines, ServiceManager, ServiceStep, StartError, StartPlan, start_services};
 use kraken_testkit::{ConsulDev, LoopbackAddrs, Peer, PeerCommand, TestDir};

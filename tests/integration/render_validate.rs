@@ -2,12 +2,10 @@
 //! combination and with the optional blocks on and off, passes the real
 //! `consul validate` and `nomad config validate`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use kraken_testkit::{TestDir, consul_bin, nomad_bin};
 
 fn examples() -> Vec<PathBuf> {

@@ -2,12 +2,10 @@
 //! measures the agent's peak RSS and EC2 calls (printed; not asserted as
 //! benchmarks).
 
-mod common;
-
 use std::time::Duration;
 
-use common::node::boot;
-use common::*;
+use crate::common::node::{agent_log, boot};
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_converges_reports_ready_and_stops_on_sigterm() {
@@ -21,7 +19,7 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
     );
     let ready_after = node.ready_after;
     let pid = node.child.id().unwrap();
-    let log = || node_log(&dir);
+    let log = || agent_log(&dir);
     assert!(
         messages
             .iter()
@@ -171,8 +169,4 @@ async fn all_secrets(endpoint: &str) -> Vec<String> {
             return values;
         }
     }
-}
-
-fn node_log(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("agent.err")).unwrap_or_default()
 }

@@ -2,12 +2,10 @@
 //! booted by `kraken-agent run`): who is refused, who is let in, and
 //! certificates renewed without restarting anything.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::node::{Node, boot, boot_with};
-use common::*;
+use crate::common::node::{Node, boot, boot_with};
+use crate::common::*;
 use kraken_pki::{Authority, Ca, ClusterNames, Intermediate};
 use kraken_secrets::{SecretStore, names};
 
@@ -52,7 +50,7 @@ fn read(node: &Node, path: &str) -> String {
 
 /// The intermediate a role's node would read from the store.
 async fn intermediate(node: &Node, authority: Authority) -> Intermediate {
-    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let store = node.store().await;
     let bundle = store
         .get(kraken_agent::steps::pki::secret_name(authority))
         .await
@@ -188,7 +186,7 @@ async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_wor
     assert!(r.status().is_success(), "{}", r.status());
 
     // A person logged in: source the operator environment, then the CLIs.
-    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let store = node.store().await;
     let consul_token = store
         .get(names::CONSUL_INITIAL_MANAGEMENT)
         .await
@@ -365,7 +363,7 @@ async fn certificates_renew_without_restarting_consul_or_nomad() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
     let node = boot_with(Duration::ZERO, "\n[bootstrap]\ntoken_check_secs = 2\n").await;
-    let store = moto_store(&node.moto.endpoint(), "solo", TEST_KEY).await;
+    let store = node.store().await;
     let management = store
         .get(names::CONSUL_INITIAL_MANAGEMENT)
         .await
@@ -414,10 +412,18 @@ async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
         "benchmark: deleted agent token recreated {:?} after the deletion",
         started.elapsed()
     );
-    assert!(
-        node.log()
-            .contains("recreated Consul tokens: consul/tokens/agent")
-    );
+    // Logged once every role token is checked: a moment after the agent
+    // token is back.
+    kraken_testkit::wait_until(
+        "the recreation to be logged",
+        Duration::from_secs(10),
+        || async {
+            node.log()
+                .contains("recreated Consul tokens: consul/tokens/agent")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,8 @@ use kraken_testkit::{
 };
 use serde_json::Value;
 
+use crate::common::text;
+
 const JOB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../jobs/web.nomad.hcl");
 const DOCKER_JOB: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -449,13 +451,4 @@ async fn job_report(http: &reqwest::Client, nomad: &str) -> String {
         }
     }
     report
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

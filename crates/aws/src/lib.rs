@@ -7,6 +7,9 @@
 //! throttling, 5xx and timeouts), capped by [`AwsSettings`]; every HTTP
 //! attempt is counted so the API cost of a boot can be reported.
 
+#[cfg(test)]
+mod tests;
+
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,6 +9,8 @@
 //! a token nobody knows.
 
 mod lease;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -37,6 +39,34 @@ const ROLE_TOKENS: [(&str, &str, &str); 3] = [
         "kraken-nomad-client",
     ),
 ];
+
+/// The Consul ACL policies the bootstrap creates: name, description, rules
+/// (`@CLUSTER@` stands for the cluster's name).
+const POLICIES: [(&str, &str, &str); 4] = [
+    (
+        "kraken-agent",
+        "Consul agents of kraken nodes",
+        include_str!("../policies/kraken-agent.hcl"),
+    ),
+    (
+        "kraken-nomad-server",
+        "Nomad servers of kraken nodes",
+        include_str!("../policies/nomad-server.hcl"),
+    ),
+    (
+        "kraken-nomad-client",
+        "Nomad clients of kraken nodes",
+        include_str!("../policies/nomad-client.hcl"),
+    ),
+    (
+        DNS_POLICY,
+        "Anonymous DNS lookups",
+        include_str!("../policies/dns.hcl"),
+    ),
+];
+
+/// The anonymous token's policy.
+const DNS_POLICY: &str = "kraken-dns";
 
 /// The two halves of the bootstrap: the Consul half needs a Consul server
 /// (it authenticates with the initial-management token), the Nomad half a
@@ -368,28 +398,7 @@ impl Bootstrap<'_> {
         let policy = |file: &str| file.replace("@CLUSTER@", &self.cluster);
         match step {
             Step::ConsulPolicies => {
-                for (name, description, rules) in [
-                    (
-                        "kraken-agent",
-                        "Consul agents of kraken nodes",
-                        include_str!("../policies/kraken-agent.hcl"),
-                    ),
-                    (
-                        "kraken-nomad-server",
-                        "Nomad servers of kraken nodes",
-                        include_str!("../policies/nomad-server.hcl"),
-                    ),
-                    (
-                        "kraken-nomad-client",
-                        "Nomad clients of kraken nodes",
-                        include_str!("../policies/nomad-client.hcl"),
-                    ),
-                    (
-                        "kraken-dns",
-                        "Anonymous DNS lookups",
-                        include_str!("../policies/dns.hcl"),
-                    ),
-                ] {
+                for (name, description, rules) in POLICIES {
                     c.acl_policy_ensure(name, description, &policy(rules))
                         .await
                         .map_err(BootstrapError::consul("create an ACL policy"))?;
@@ -412,7 +421,7 @@ impl Bootstrap<'_> {
                 c.acl_token_set_policies(
                     ANONYMOUS_TOKEN_ACCESSOR,
                     "Anonymous Token",
-                    &["kraken-dns"],
+                    &[DNS_POLICY],
                 )
                 .await
                 .map_err(BootstrapError::consul(

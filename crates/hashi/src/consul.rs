@@ -442,3 +442,51 @@ impl Consul {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(index: Option<&str>) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(i) = index {
+            h.insert("X-Consul-Index", i.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_consul_index_header_is_read_and_anything_else_is_zero() {
+        assert_eq!(consul_index(&headers(Some("1742"))), 1742);
+        assert_eq!(
+            consul_index(&headers(Some("18446744073709551615"))),
+            u64::MAX
+        );
+        // Zero starts a blocking query over: the safe reading of nonsense.
+        for bad in [None, Some(""), Some("-3"), Some("12a"), Some("1e3")] {
+            assert_eq!(consul_index(&headers(bad)), 0, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn members_are_read_as_consul_lists_them() {
+        let members: Vec<ConsulMember> = serde_json::from_str(
+            r#"[{"Name":"s1","Addr":"10.0.0.1","Port":8301,"Status":1,"Tags":{"role":"consul","dc":"dc1"}},
+                {"Name":"c1","Addr":"10.0.0.2","Port":8301,"Status":4,"Tags":{"role":"node"}},
+                {"Name":"c2","Addr":"10.0.0.3","Port":8301,"Status":1}]"#,
+        )
+        .unwrap();
+        let seen: Vec<(&str, bool, bool)> = members
+            .iter()
+            .map(|m| (m.name.as_str(), m.is_alive(), m.is_server()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("s1", true, true),
+                ("c1", false, false),
+                ("c2", true, false)
+            ]
+        );
+    }
+}

@@ -5,6 +5,8 @@
 mod consul;
 mod http;
 mod nomad;
+#[cfg(test)]
+mod tests;
 
 pub use consul::{
     ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, Consul, ConsulMember, KvPair, PolicyLink,

@@ -10,6 +10,7 @@ use kraken_aws::{ApiCalls, AwsSettings, Failure};
 use crate::{Identity, IdentityError, IdentityProvider, TagsSource};
 
 const TAGS_PATH: &str = "/latest/meta-data/tags/instance";
+const LOCAL_IPV4_PATH: &str = "/latest/meta-data/local-ipv4";
 
 /// Limits for IMDS requests. IMDS is local and fast when it works; short
 /// timeouts let the boot loop retry instead of hanging.
@@ -115,7 +116,7 @@ impl ImdsIdentity {
             return Ok(None);
         };
         let mut tags = BTreeMap::new();
-        for key in listing.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        for key in tag_keys(&listing) {
             let value = self.get(&format!("{TAGS_PATH}/{key}")).await?;
             tags.insert(key.to_owned(), value);
         }
@@ -168,12 +169,7 @@ impl IdentityProvider for ImdsIdentity {
         let availability_zone = self
             .get("/latest/meta-data/placement/availability-zone")
             .await?;
-        let ip = self.get("/latest/meta-data/local-ipv4").await?;
-        let private_ipv4: Ipv4Addr = ip.trim().parse().map_err(|_| IdentityError::ImdsValue {
-            path: "/latest/meta-data/local-ipv4".into(),
-            value: ip.clone(),
-            expected: "an IPv4 address",
-        })?;
+        let private_ipv4 = private_ipv4(&self.get(LOCAL_IPV4_PATH).await?)?;
         let (tags, tags_source) = match self.metadata_tags().await? {
             Some(tags) => (tags, TagsSource::InstanceMetadata),
             None => {
@@ -197,6 +193,20 @@ impl IdentityProvider for ImdsIdentity {
     }
 }
 
+/// The tag keys of the listing at [`TAGS_PATH`]: one a line.
+fn tag_keys(listing: &str) -> impl Iterator<Item = &str> {
+    listing.lines().map(str::trim).filter(|k| !k.is_empty())
+}
+
+/// IMDS's `local-ipv4` answer as an address, or an error that quotes it.
+fn private_ipv4(answer: &str) -> Result<Ipv4Addr, IdentityError> {
+    answer.trim().parse().map_err(|_| IdentityError::ImdsValue {
+        path: LOCAL_IPV4_PATH.into(),
+        value: answer.to_owned(),
+        expected: "an IPv4 address",
+    })
+}
+
 fn build_client(settings: &ImdsSettings) -> Client {
     Client::builder()
         .connect_timeout(settings.connect_timeout)
@@ -214,4 +224,83 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_keys_are_the_listing_lines_trimmed_without_blanks() {
+        let keys: Vec<&str> = tag_keys("Name\nkraken:cluster\r\n\n  kraken:roles \n").collect();
+        assert_eq!(keys, ["Name", "kraken:cluster", "kraken:roles"]);
+        assert_eq!(tag_keys("").count(), 0);
+        assert_eq!(tag_keys("\n \n").count(), 0);
+    }
+
+    #[test]
+    fn the_private_address_is_parsed_past_surrounding_whitespace() {
+        assert_eq!(
+            private_ipv4("10.0.3.17\n").unwrap(),
+            Ipv4Addr::new(10, 0, 3, 17)
+        );
+    }
+
+    #[test]
+    fn a_private_address_that_is_not_ipv4_names_path_value_and_form() {
+        for bad in ["", "10.0.3", "10.0.3.17/24", "fd00::1", "ip-10-0-3-17"] {
+            let err = private_ipv4(bad).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    IdentityError::ImdsValue { path, value, expected: "an IPv4 address" }
+                        if path == LOCAL_IPV4_PATH && value == bad
+                ),
+                "{bad:?}: {err:?}"
+            );
+            assert!(!err.is_transient(), "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("/latest/meta-data/local-ipv4")
+                    && text.contains(&format!("{bad:?}"))
+                    && text.contains("an IPv4 address"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("dispatch failure")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert_eq!(error_chain(&err), "dispatch failure: connection refused");
+        assert_eq!(
+            error_chain(&std::io::Error::other("alone")),
+            "alone",
+            "no trailing separator without a source"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        // docs/configuration.md, [imds].
+        let d = ImdsSettings::default();
+        assert_eq!(d.connect_timeout, Duration::from_millis(1000));
+        assert_eq!(d.read_timeout, Duration::from_millis(2000));
+        assert_eq!(d.attempts, 4);
+    }
 }

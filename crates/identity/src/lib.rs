@@ -100,3 +100,135 @@ impl IdentityProvider for StaticIdentity {
         Ok(self.0.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn imds_status(status: u16) -> IdentityError {
+        IdentityError::ImdsStatus {
+            path: "/latest/meta-data/instance-id".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn an_unreachable_or_failing_imds_is_worth_retrying() {
+        let unreachable = IdentityError::ImdsUnreachable {
+            endpoint: "http://169.254.169.254".into(),
+            path: "/latest/meta-data/instance-id".into(),
+            detail: "timed out".into(),
+        };
+        assert!(unreachable.is_transient());
+        let api = IdentityError::TagsApi {
+            instance_id: "i-0abc".into(),
+            detail: "ec2:DescribeInstances failed: dispatch failure".into(),
+        };
+        assert!(api.is_transient());
+        // 401: the session token expired between two requests.
+        for status in [401, 500, 502, 503] {
+            assert!(imds_status(status).is_transient(), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_answer_or_a_denied_permission_is_not() {
+        for status in [400, 403, 404] {
+            assert!(!imds_status(status).is_transient(), "{status}");
+        }
+        let value = IdentityError::ImdsValue {
+            path: "/latest/meta-data/local-ipv4".into(),
+            value: "nonsense".into(),
+            expected: "an IPv4 address",
+        };
+        assert!(!value.is_transient());
+        let denied = IdentityError::TagsAccessDenied {
+            instance_id: "i-0abc".into(),
+            code: "UnauthorizedOperation".into(),
+        };
+        assert!(!denied.is_transient());
+    }
+
+    #[test]
+    fn errors_name_the_input_and_the_fix() {
+        let unreachable = IdentityError::ImdsUnreachable {
+            endpoint: "http://127.0.0.1:9".into(),
+            path: "/latest/meta-data/placement/region".into(),
+            detail: "connection refused".into(),
+        }
+        .to_string();
+        for part in [
+            "http://127.0.0.1:9",
+            "/latest/meta-data/placement/region",
+            "connection refused",
+            "http-endpoint=enabled",
+            "hop limit",
+        ] {
+            assert!(unreachable.contains(part), "{part:?} in {unreachable}");
+        }
+        let denied = IdentityError::TagsAccessDenied {
+            instance_id: "i-0abc".into(),
+            code: "UnauthorizedOperation".into(),
+        }
+        .to_string();
+        for part in [
+            "i-0abc",
+            "UnauthorizedOperation",
+            "grant ec2:DescribeInstances",
+            "--instance-metadata-tags enabled",
+        ] {
+            assert!(denied.contains(part), "{part:?} in {denied}");
+        }
+        assert_eq!(
+            imds_status(404).to_string(),
+            "instance metadata service answered HTTP 404 for /latest/meta-data/instance-id"
+        );
+    }
+
+    #[test]
+    fn a_node_file_identity_defaults_its_tags_and_their_source() {
+        let identity: Identity = toml::from_str(
+            "instance_id = \"i-0abc\"\nregion = \"eu-west-3\"\n\
+             availability_zone = \"eu-west-3a\"\nprivate_ipv4 = \"10.0.3.17\"\n",
+        )
+        .unwrap();
+        assert_eq!(identity.private_ipv4, Ipv4Addr::new(10, 0, 3, 17));
+        assert!(identity.tags.is_empty());
+        assert_eq!(identity.tags_source, TagsSource::InstanceMetadata);
+    }
+
+    #[test]
+    fn a_node_file_identity_with_an_unknown_key_is_refused_by_name() {
+        let err = toml::from_str::<Identity>(
+            "instance_id = \"i-0abc\"\nregion = \"eu-west-3\"\n\
+             availability_zone = \"eu-west-3a\"\nprivate_ip = \"10.0.3.17\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("private_ip"), "{err}");
+    }
+
+    #[test]
+    fn tag_sources_are_written_in_kebab_case_and_read_back() {
+        for (source, word) in [
+            (TagsSource::InstanceMetadata, "instance-metadata"),
+            (TagsSource::DescribeInstances, "describe-instances"),
+            (TagsSource::NodeFile, "node-file"),
+        ] {
+            let identity = Identity {
+                instance_id: "i-0abc".into(),
+                region: "eu-west-3".into(),
+                availability_zone: "eu-west-3a".into(),
+                private_ipv4: Ipv4Addr::new(10, 0, 3, 17),
+                tags: BTreeMap::from([("kraken:cluster".into(), "blue".into())]),
+                tags_source: source,
+            };
+            let text = toml::to_string(&identity).unwrap();
+            assert!(
+                text.contains(&format!("tags_source = \"{word}\"")),
+                "{text}"
+            );
+            assert_eq!(toml::from_str::<Identity>(&text).unwrap(), identity);
+        }
+    }
+}

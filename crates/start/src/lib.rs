@@ -8,6 +8,8 @@
 //! fails with what it last saw.
 
 mod systemctl;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

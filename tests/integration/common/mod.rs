@@ -1,6 +1,5 @@
 //! Shared by the integration tests: the agent binary, the AWS environment
 //! pointing at moto and the fake IMDS, and instances launched in moto.
-#![allow(dead_code)]
 
 pub mod node;
 
@@ -77,6 +76,31 @@ pub fn agent(env: &AwsEnv, settings: &str, args: &[&str], dir: &Path) -> Output 
     env.apply(&mut cmd);
     cmd.env("KRAKEN_CONFIG", &config).args(args);
     cmd.output().expect("run kraken-agent")
+}
+
+/// Set in a child process that runs one test alone (see [`run_in_child`]).
+const CHILD: &str = "KRAKEN_TEST_CHILD";
+
+/// Whether this process is a child of [`run_in_child`].
+pub fn in_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Runs `test` (its path, e.g. `boot::a_rejected_token_is_replaced`) alone
+/// in a child process of this test binary; fails with its output if it
+/// fails. For a test that must change the process environment, which every
+/// other test of this binary shares.
+pub fn run_in_child(test: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test binary again");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{test} in a child process: {}",
+        text(&out)
+    );
 }
 
 pub fn text(out: &Output) -> String {

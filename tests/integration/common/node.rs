@@ -63,9 +63,7 @@ answer_timeout_secs = 60
 leader_timeout_secs = 120
 "#,
         d = dir.display(),
-        shim = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/integration/systemctl-shim.sh")
-            .display()
+        shim = shim_path().display()
     )
 }
 
@@ -118,15 +116,7 @@ impl Node {
     /// The node's TLS files for `service` ("consul" or "nomad"): what the
     /// agent and the operator environment use.
     pub fn tls(&self, service: &str) -> kraken_hashi::ClientTls {
-        let dir = self.dir.path().join(format!("{service}.d/tls"));
-        kraken_hashi::ClientTls::from_files(
-            &dir.join("ca.pem"),
-            Some((
-                &dir.join(format!("{service}.pem")),
-                &dir.join(format!("{service}-key.pem")),
-            )),
-        )
-        .unwrap()
+        node_tls(self.dir.path(), service)
     }
 
     pub fn consul(&self, token: Option<kraken_hashi::Token>) -> kraken_hashi::Consul {
@@ -148,7 +138,12 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
+        agent_log(self.dir.path())
+    }
+
+    /// The node's secret store: moto's SSM, as the agent uses it.
+    pub async fn store(&self) -> kraken_secrets::Store {
+        moto_store(&self.moto.endpoint(), CLUSTER, TEST_KEY).await
     }
 
     pub fn shim(&self, args: &[&str]) {
@@ -161,9 +156,17 @@ impl Node {
     }
 }
 
+/// What the agent of the node in `dir` has logged so far.
+pub fn agent_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.err")).unwrap_or_default()
+}
+
 pub fn shim_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/integration/systemctl-shim.sh")
 }
+
+/// The cluster of a [`boot`]ed node.
+pub const CLUSTER: &str = "solo";
 
 /// Boots a Consul+Nomad server node of cluster "solo" (1 expected server
 /// of each) and waits for `READY=1`. IMDS does not answer for the first
@@ -180,7 +183,7 @@ pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
     let ec2 = ec2(&moto.endpoint()).await;
     let subnet = loopback_subnet(&ec2, b, c).await;
     let node_tags = tags(&[
-        ("kraken:cluster", "solo"),
+        ("kraken:cluster", CLUSTER),
         ("kraken:roles", "consul-server,nomad-server"),
         ("kraken:consul-servers", "1"),
         ("kraken:nomad-servers", "1"),

@@ -1,0 +1,15 @@
+//! The integration tests: one test binary, one module per area, so that
+//! the AWS SDK and the agent's crates are linked once rather than once per
+//! area. `cargo test -p kraken-agent --test integration web_job::` runs
+//! one area; docs/testing.md says what each proves.
+
+mod common;
+
+mod boot;
+mod bootstrap;
+mod doctor;
+mod live_peers;
+mod render_validate;
+mod run;
+mod tls;
+mod web_job;
