@@ -11,9 +11,10 @@ use std::time::Duration;
 use kraken_discovery::Ec2Peers;
 use kraken_hashi::Token;
 use kraken_identity::{Identity, ImdsIdentity};
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role, RunsDocker};
 use kraken_render::{RenderSecrets, RenderedFile};
 use kraken_secrets::{SecretStore, Store, names};
+use kraken_settings::Settings;
 use kraken_start::{ServiceManager, Systemctl};
 use serde::Serialize;
 

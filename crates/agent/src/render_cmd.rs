@@ -5,9 +5,9 @@ use std::path::Path;
 
 use kraken_discovery::{Ec2Peers, PeerSource, StaticPeers};
 use kraken_identity::{IdentityProvider, ImdsIdentity, StaticIdentity};
-use kraken_intent::Settings;
 use kraken_render::RenderSecrets;
 use kraken_secrets::Store;
+use kraken_settings::Settings;
 use serde_json::json;
 
 use crate::node_file::NodeFile;

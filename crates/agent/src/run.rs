@@ -16,10 +16,11 @@ use std::time::Duration;
 use kraken_discovery::{Ec2Peers, Peers};
 use kraken_hashi::{Consul, Nomad, Token};
 use kraken_identity::{Identity, ImdsIdentity};
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_ready::{Notifier, Status, StatusFile};
 use kraken_render::{Change, RenderSecrets, Service};
 use kraken_secrets::Store;
+use kraken_settings::Settings;
 use kraken_start::{ServiceManager, Systemctl, start_services};
 use serde_json::json;
 

@@ -7,9 +7,10 @@ use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
 use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
 use kraken_hashi::Token;
 use kraken_identity::{Identity, IdentityProvider};
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role, RunsDocker};
 use kraken_render::{Change, RenderSecrets, RenderedFile, Renderer, Service};
 use kraken_secrets::{Secret, SecretStore, Store, names};
+use kraken_settings::Settings;
 use kraken_start::{Deadlines, ServiceStep, StartPlan};
 
 use crate::BootError;

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use kraken_hashi::{ClientTls, Consul, Nomad, Token};
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_pki::{Authority, Ca, CertInfo, ClusterNames, Intermediate};
 use kraken_render::{Change, Service, TlsFiles};
 use kraken_secrets::{Secret, SecretStore, Store, names};
+use kraken_settings::Settings;
 
 use crate::BootError;
 use crate::steps::{SecretsMode, hashi_err, wait_for_secret};
