@@ -13,9 +13,10 @@ use kraken_bootstrap::{Bootstrap, BootstrapError, LeaseSettings, Phase, Report, 
 use kraken_discovery::Peers;
 use kraken_hashi::{Consul, Nomad, Token};
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_render::Renderer;
 use kraken_secrets::{SecretStore, Store, names};
+use kraken_settings::Settings;
 use kraken_testkit::{LoopbackAddrs, Moto, NomadServer, Peer, PeerCommand, TestDir};
 
 /// Every log line of this test process (of every module, once installed),

@@ -434,7 +434,7 @@ async fn a_nomad_client_reads_only_its_own_intermediates_and_cannot_issue_a_serv
     // shows what the agent asks for, and that the one intermediate it gets
     // cannot make a server certificate.
     let moto = kraken_testkit::Moto::start().await;
-    let settings = kraken_intent::Settings::default();
+    let settings = kraken_settings::Settings::default();
     let spec = |roles: &str| {
         kraken_intent::NodeSpec::from_tags(
             &tags(&[("kraken:cluster", "roles"), ("kraken:roles", roles)]),

@@ -4,8 +4,8 @@
 //! so a client made after a renewal presents the new certificate.
 
 use kraken_hashi::{ClientTls, Consul, Nomad, Token};
-use kraken_intent::Settings;
 use kraken_render::TlsFiles;
+use kraken_settings::Settings;
 
 use crate::BootError;
 

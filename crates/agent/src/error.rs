@@ -3,8 +3,9 @@ use std::time::Duration;
 use kraken_discovery::DiscoveryError;
 use kraken_hashi::HashiError;
 use kraken_identity::IdentityError;
-use kraken_intent::{IntentError, SettingsError};
+use kraken_intent::IntentError;
 use kraken_render::{RenderError, WriteError};
+use kraken_settings::SettingsError;
 use kraken_start::StartError;
 
 /// A failed boot step, with what the person reading it needs.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kraken_agent::BootError;
 use kraken_agent::cmd::{doctor, render, run};
-use kraken_intent::{DEFAULT_SETTINGS_PATH, Settings};
+use kraken_settings::{DEFAULT_SETTINGS_PATH, Settings};
 
 /// The unit's `EnvironmentFile=` (systemd/kraken-agent.service).
 const AGENT_ENV_PATH: &str = "/etc/kraken/agent.env";

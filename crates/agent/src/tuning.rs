@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kraken_bootstrap::LeaseSettings;
 use kraken_discovery::Backoff;
-use kraken_intent::Settings;
+use kraken_settings::Settings;
 use kraken_start::Deadlines;
 
 pub fn imds(settings: &Settings) -> kraken_identity::ImdsSettings {

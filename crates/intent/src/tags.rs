@@ -1,9 +1,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use kraken_settings::{IntentDefaults, NAME_FORM, valid_datacenter, valid_name};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::IntentDefaults;
+use crate::role::Role;
 
 pub const TAG_PREFIX: &str = "kraken:";
 
@@ -32,36 +33,6 @@ pub fn known_tags() -> [&'static str; 9] {
     ]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    ConsulServer,
-    NomadServer,
-    NomadClient,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::ConsulServer, Role::NomadServer, Role::NomadClient];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ConsulServer => "consul-server",
-            Role::NomadServer => "nomad-server",
-            Role::NomadClient => "nomad-client",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What this node should be, fully resolved and validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -88,6 +59,12 @@ impl NodeSpec {
 
     pub fn runs_nomad(&self) -> bool {
         self.has(Role::NomadServer) || self.has(Role::NomadClient)
+    }
+
+    /// Whether this node configures and runs Docker: Nomad clients do,
+    /// unless `[docker] enabled = false`.
+    pub fn runs_docker(&self, docker: &kraken_settings::DockerSettings) -> bool {
+        docker.enabled && self.has(Role::NomadClient)
     }
 
     /// Reads the `kraken:*` tags; other tags are ignored. All problems are
@@ -217,7 +194,6 @@ const CLUSTER_FORM: &str =
 const ROLES_FORM: &str = "a comma-separated list of consul-server, nomad-server, nomad-client \
                           (at least one, each once), e.g. \"consul-server,nomad-server\"";
 const COUNT_FORM: &str = "a whole number from 1 to 9 (3 or 5 for production)";
-const NAME_FORM: &str = "1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.'";
 const DATACENTER_FORM: &str = "1-64 characters of a-z, 0-9, '-' and '_' (Consul's rule)";
 const META_KEY_FORM: &str = "a meta key of 1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.', \
                              not starting with \"kraken.\" (reserved for the agent's own meta)";
@@ -233,19 +209,6 @@ fn valid_cluster(v: &str) -> bool {
         && b[b.len() - 1] != b'-'
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-/// Consul's own rule for datacenter names.
-pub(crate) fn valid_datacenter(v: &str) -> bool {
-    (1..=64).contains(&v.len())
-        && v.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_'))
-}
-
-pub(crate) fn valid_name(v: &str) -> bool {
-    (1..=64).contains(&v.len())
-        && v.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn check_meta(key: &str, value: &str) -> Result<(), &'static str> {

@@ -8,6 +8,7 @@
 
 mod context;
 mod escape;
+mod tls_files;
 mod write;
 
 use std::collections::BTreeMap;
@@ -16,10 +17,15 @@ use std::path::{Path, PathBuf};
 use handlebars::Handlebars;
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
+use kraken_settings::Settings;
 use serde::Serialize;
 
-pub use context::{RenderSecrets, context};
+pub use context::{
+    AgentVars, ConsulVars, Context, DockerVars, NodeVars, NomadVars, RenderSecrets, RoleVars,
+    SecretVars, TlsFileVars, TlsVars,
+};
+pub use tls_files::TlsFiles;
 pub use write::{Change, WriteError, resolve_owner, write_atomic};
 
 /// The service that reads a rendered file, and so must restart when it
@@ -33,36 +39,6 @@ pub enum Service {
     /// Read by people who log in (the operator environment); nothing
     /// restarts for it.
     Operator,
-}
-
-/// Where a service's TLS files live: `<config dir>/tls/`. The one place
-/// that says so, for the templates and for the agent that writes them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TlsFiles {
-    /// The cluster's root certificate.
-    pub ca: PathBuf,
-    /// The node's certificate, then its intermediate.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    pub fn consul(settings: &Settings) -> TlsFiles {
-        TlsFiles::under(&settings.paths.consul_config_dir, "consul")
-    }
-
-    pub fn nomad(settings: &Settings) -> TlsFiles {
-        TlsFiles::under(&settings.paths.nomad_config_dir, "nomad")
-    }
-
-    fn under(config_dir: &Path, name: &str) -> TlsFiles {
-        let dir = config_dir.join("tls");
-        TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}-key.pem")),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +198,7 @@ impl Renderer {
         settings: &Settings,
         secrets: &RenderSecrets,
     ) -> Result<Vec<RenderedFile>, RenderError> {
-        let ctx = context(identity, spec, peers, settings, secrets);
+        let ctx = Context::new(identity, spec, peers, settings, secrets);
         let mut files = Vec::new();
         for def in &TEMPLATES {
             let (path, owner, group, mode) = match def.service {
@@ -238,7 +214,7 @@ impl Renderer {
                     &settings.nomad.group,
                     0o640,
                 ),
-                Service::Docker if settings.runs_docker(spec) => (
+                Service::Docker if spec.runs_docker(&settings.docker) => (
                     settings.paths.docker_daemon_json.clone(),
                     &"root".to_owned(),
                     &"root".to_owned(),

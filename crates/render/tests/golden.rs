@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_render::{RenderSecrets, Renderer};
 use kraken_secrets::Secret;
+use kraken_settings::Settings;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

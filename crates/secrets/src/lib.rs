@@ -39,16 +39,18 @@
 
 mod dir;
 mod ssm;
+mod store;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use kraken_aws::{ApiCalls, Failure};
-use serde::{Deserialize, Serialize};
+use kraken_aws::Failure;
+use kraken_settings::InvalidSetting;
 
 pub use dir::DirStore;
 pub use ssm::{SsmStore, ssm_client};
+pub use store::Store;
 
 /// The names the agent uses.
 pub mod names {
@@ -236,135 +238,6 @@ fn validate_cluster(cluster: &str) -> Result<(), SecretError> {
     Ok(())
 }
 
-/// `[secrets]` in agent.toml.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SecretSettings {
-    pub backend: Backend,
-    /// First segment of every SSM parameter name: `/<ssm_prefix>/<cluster>/...`.
-    pub ssm_prefix: String,
-    /// KMS key (id, ARN or `alias/...`) that encrypts the parameters; unset
-    /// means the account's `aws/ssm` key.
-    pub kms_key_id: Option<String>,
-    /// Root of the directory backend: `<dir>/<cluster>/<name>`.
-    pub dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    #[default]
-    Ssm,
-    Dir,
-}
-
-pub const DEFAULT_SSM_PREFIX: &str = "kraken";
-pub const DEFAULT_DIR: &str = "/var/lib/kraken/secrets";
-
-impl Default for SecretSettings {
-    fn default() -> Self {
-        SecretSettings {
-            backend: Backend::Ssm,
-            ssm_prefix: DEFAULT_SSM_PREFIX.to_owned(),
-            kms_key_id: None,
-            dir: PathBuf::from(DEFAULT_DIR),
-        }
-    }
-}
-
-impl SecretSettings {
-    /// Checks the values a TOML parse cannot, naming the key at fault.
-    pub fn validate(&self) -> Result<(), SecretError> {
-        ssm::validate_prefix(&self.ssm_prefix)?;
-        if self
-            .kms_key_id
-            .as_ref()
-            .is_some_and(|k| k.trim().is_empty())
-        {
-            return Err(SecretError::Settings {
-                key: "secrets.kms_key_id",
-                message: "is empty; leave it out to use the account's aws/ssm key".into(),
-            });
-        }
-        if !self.dir.is_absolute() {
-            return Err(SecretError::Settings {
-                key: "secrets.dir",
-                message: format!("{} is not an absolute path", self.dir.display()),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The store `[secrets]` asks for. An enum rather than a trait object,
-/// because the trait's methods return `impl Future`.
-#[derive(Debug, Clone)]
-pub enum Store {
-    Ssm(SsmStore),
-    Dir(DirStore),
-}
-
-impl Store {
-    /// The backend `settings` name, for `cluster`. `sdk` is used only by
-    /// the SSM backend; its API calls are counted in `calls`.
-    pub fn from_settings(
-        settings: &SecretSettings,
-        cluster: &str,
-        sdk: &aws_config::SdkConfig,
-        calls: &ApiCalls,
-    ) -> Result<Store, SecretError> {
-        settings.validate()?;
-        Ok(match settings.backend {
-            Backend::Ssm => Store::Ssm(SsmStore::new(
-                ssm_client(sdk, calls),
-                &settings.ssm_prefix,
-                cluster,
-                settings.kms_key_id.clone(),
-            )?),
-            Backend::Dir => Store::Dir(DirStore::new(&settings.dir, cluster)?),
-        })
-    }
-
-    /// Where `name` lives: the SSM parameter name or the file path, for
-    /// messages and `doctor`.
-    pub fn location(&self, name: &str) -> Result<String, SecretError> {
-        match self {
-            Store::Ssm(s) => s.parameter_name(name),
-            Store::Dir(d) => d.path(name).map(|p| p.display().to_string()),
-        }
-    }
-}
-
-impl SecretStore for Store {
-    async fn get(&self, name: &str) -> Result<Option<Secret>, SecretError> {
-        match self {
-            Store::Ssm(s) => s.get(name).await,
-            Store::Dir(d) => d.get(name).await,
-        }
-    }
-
-    async fn create(&self, name: &str, value: &Secret) -> Result<Created, SecretError> {
-        match self {
-            Store::Ssm(s) => s.create(name, value).await,
-            Store::Dir(d) => d.create(name, value).await,
-        }
-    }
-
-    async fn put(&self, name: &str, value: &Secret) -> Result<(), SecretError> {
-        match self {
-            Store::Ssm(s) => s.put(name, value).await,
-            Store::Dir(d) => d.put(name, value).await,
-        }
-    }
-
-    async fn delete(&self, name: &str) -> Result<(), SecretError> {
-        match self {
-            Store::Ssm(s) => s.delete(name).await,
-            Store::Dir(d) => d.delete(name).await,
-        }
-    }
-}
-
 /// Why a secret could not be read or written. Never carries a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -378,8 +251,9 @@ pub enum SecretError {
          and '-'"
     )]
     InvalidCluster { cluster: String },
-    #[error("{key} {message}")]
-    Settings { key: &'static str, message: String },
+    /// A `[secrets]` value the stores cannot use.
+    #[error("{0}")]
+    Settings(#[from] InvalidSetting),
     #[error("secret {name}: refusing to store an empty value")]
     EmptyValue { name: String },
     #[error("{}", ssm_message(name, parameter, action, failure, kms_key_id.as_deref()))]
@@ -433,7 +307,7 @@ impl SecretError {
             ),
             SecretError::InvalidName { .. }
             | SecretError::InvalidCluster { .. }
-            | SecretError::Settings { .. }
+            | SecretError::Settings(_)
             | SecretError::EmptyValue { .. }
             | SecretError::Corrupt { .. } => false,
         }
@@ -574,42 +448,6 @@ mod tests {
             let e = validate_name(bad).unwrap_err();
             assert!(matches!(e, SecretError::InvalidName { .. }), "{bad}: {e}");
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
-        }
-    }
-
-    #[test]
-    fn settings_defaults_and_form() {
-        let s: SecretSettings = toml::from_str("").unwrap();
-        assert_eq!(s, SecretSettings::default());
-        assert_eq!(s.backend, Backend::Ssm);
-        assert_eq!(s.ssm_prefix, "kraken");
-        assert_eq!(s.dir, PathBuf::from("/var/lib/kraken/secrets"));
-        s.validate().unwrap();
-
-        let s: SecretSettings = toml::from_str(
-            "backend = \"dir\"\nssm_prefix = \"org/kraken\"\nkms_key_id = \"alias/kraken\"\n\
-             dir = \"/srv/secrets\"\n",
-        )
-        .unwrap();
-        assert_eq!(s.backend, Backend::Dir);
-        assert_eq!(s.kms_key_id.as_deref(), Some("alias/kraken"));
-        s.validate().unwrap();
-
-        let e = toml::from_str::<SecretSettings>("backend = \"vault\"").unwrap_err();
-        assert!(e.to_string().contains("vault"), "{e}");
-        let e = toml::from_str::<SecretSettings>("kms_key = \"x\"").unwrap_err();
-        assert!(e.to_string().contains("kms_key"), "{e}");
-
-        for (text, key) in [
-            ("ssm_prefix = \"/kraken\"", "ssm_prefix"),
-            ("ssm_prefix = \"\"", "ssm_prefix"),
-            ("ssm_prefix = \"a b\"", "ssm_prefix"),
-            ("kms_key_id = \" \"", "secrets.kms_key_id"),
-            ("dir = \"relative\"", "secrets.dir"),
-        ] {
-            let s: SecretSettings = toml::from_str(text).unwrap();
-            let e = s.validate().unwrap_err();
-            assert!(e.to_string().contains(key), "{text}: {e}");
         }
     }
 

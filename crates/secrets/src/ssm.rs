@@ -44,7 +44,7 @@ impl SsmStore {
         cluster: &str,
         kms_key_id: Option<String>,
     ) -> Result<SsmStore, SecretError> {
-        validate_prefix(prefix)?;
+        kraken_settings::validate_ssm_prefix(prefix)?;
         validate_cluster(cluster)?;
         Ok(SsmStore {
             client,
@@ -300,44 +300,6 @@ async fn pause(attempt: u32) {
     let base = 50u64 << attempt.min(5);
     let jitter = u64::from(getrandom::u32().unwrap_or(0)) % base;
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-}
-
-/// Checks `[secrets] ssm_prefix`: SSM's name rules for the first levels of
-/// the parameter path.
-pub(crate) fn validate_prefix(prefix: &str) -> Result<(), SecretError> {
-    let fail = |message: &str| {
-        Err(SecretError::Settings {
-            key: "secrets.ssm_prefix",
-            message: format!("{prefix:?} {message}"),
-        })
-    };
-    if prefix.is_empty() {
-        return fail("is empty");
-    }
-    if prefix.starts_with('/') || prefix.ends_with('/') {
-        return fail("starts or ends with '/'; write it without, e.g. \"kraken\"");
-    }
-    if prefix
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return fail("has an empty, '.' or '..' segment");
-    }
-    if !prefix
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
-    {
-        return fail("has a character SSM does not allow (a-z, A-Z, 0-9, '_', '.', '-', '/')");
-    }
-    let first = prefix.to_ascii_lowercase();
-    if first.starts_with("aws") || first.starts_with("ssm") {
-        return fail("starts with \"aws\" or \"ssm\", which SSM reserves");
-    }
-    // SSM allows 15 levels; <cluster> and the deepest name take the rest.
-    if prefix.split('/').count() > 8 {
-        return fail("has more than 8 levels");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

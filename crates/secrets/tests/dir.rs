@@ -5,9 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use kraken_secrets::{
-    Backend, Created, DirStore, Secret, SecretError, SecretSettings, SecretStore, Store, names,
-};
+use kraken_secrets::{Created, DirStore, Secret, SecretError, SecretStore, Store, names};
+use kraken_settings::{Backend, SecretSettings};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use kraken_aws::ApiCalls;
 use kraken_secrets::{
-    Backend, Created, Secret, SecretError, SecretSettings, SecretStore, SsmStore, Store, names,
-    ssm_client,
+    Created, Secret, SecretError, SecretStore, SsmStore, Store, names, ssm_client,
 };
+use kraken_settings::{Backend, SecretSettings};
 use kraken_testkit::Moto;
 
 const REGION: &str = "us-east-1";

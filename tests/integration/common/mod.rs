@@ -347,7 +347,7 @@ impl TestPki {
             identity: kraken_identity::Identity,
         }
         let node: NodeFile = toml::from_str(&std::fs::read_to_string(node_file).unwrap()).unwrap();
-        let settings = kraken_intent::Settings::parse(settings).unwrap();
+        let settings = kraken_settings::Settings::parse(settings).unwrap();
         let spec =
             kraken_intent::NodeSpec::from_tags(&node.identity.tags, &settings.intent).unwrap();
         let authorities = kraken_agent::steps::pki::NodeAuthorities {

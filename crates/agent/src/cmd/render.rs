@@ -5,9 +5,9 @@ use std::path::Path;
 
 use kraken_discovery::{Ec2Peers, PeerSource, Peers, StaticPeers};
 use kraken_identity::{Identity, IdentityProvider, ImdsIdentity, StaticIdentity, TagsSource};
-use kraken_intent::Settings;
 use kraken_render::RenderSecrets;
 use kraken_secrets::Store;
+use kraken_settings::Settings;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -3,9 +3,10 @@
 
 use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
 use kraken_hashi::Token;
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
 use kraken_secrets::{Store, names};
+use kraken_settings::Settings;
 
 use crate::steps::secrets::wait_for_secret;
 use crate::{BootError, clients, tuning};

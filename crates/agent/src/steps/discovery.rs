@@ -1,7 +1,8 @@
 //! Step 4: the cluster's servers, from EC2.
 
 use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
+use kraken_settings::Settings;
 
 use crate::BootError;
 

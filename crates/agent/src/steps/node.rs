@@ -1,7 +1,8 @@
 //! Steps 1 and 2: who this instance is, and what it should be.
 
 use kraken_identity::{Identity, IdentityProvider};
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
+use kraken_settings::Settings;
 
 use crate::BootError;
 

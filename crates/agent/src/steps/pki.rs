@@ -7,10 +7,11 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_pki::{Authority, Ca, CertInfo, ClusterNames, Intermediate};
 use kraken_render::{Change, Service, TlsFiles};
 use kraken_secrets::{Secret, SecretStore, Store, names};
+use kraken_settings::Settings;
 
 use crate::BootError;
 use crate::steps::secrets::{SecretsMode, wait_for_secret};

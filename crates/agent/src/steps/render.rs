@@ -4,8 +4,9 @@ use std::path::Path;
 
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_render::{Change, RenderSecrets, RenderedFile, Renderer, Service};
+use kraken_settings::Settings;
 
 use crate::BootError;
 

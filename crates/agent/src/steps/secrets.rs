@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use kraken_discovery::Backoff;
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
+use kraken_settings::Settings;
 
 use crate::{BootError, tuning};
 

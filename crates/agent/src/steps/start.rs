@@ -1,7 +1,8 @@
 //! Step 6: which units to start, and which must restart for new configs.
 
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_render::{Change, Service};
+use kraken_settings::Settings;
 use kraken_start::{ServiceStep, StartPlan};
 
 use crate::steps::render::changed;
@@ -17,7 +18,7 @@ pub fn start_plan(
             config_changed: changed(changes, Service::Consul),
         },
         consul_server: spec.has(Role::ConsulServer),
-        docker: settings.runs_docker(spec).then(|| ServiceStep {
+        docker: spec.runs_docker(&settings.docker).then(|| ServiceStep {
             unit: settings.docker.unit.clone(),
             config_changed: changed(changes, Service::Docker),
         }),

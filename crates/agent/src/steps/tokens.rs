@@ -2,9 +2,10 @@
 //! the configs and into the running services.
 
 use kraken_hashi::Nomad;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_render::{Change, RenderSecrets, Service};
 use kraken_secrets::{Store, names};
+use kraken_settings::Settings;
 use kraken_start::ServiceManager;
 
 use crate::steps::render::changed;

@@ -184,7 +184,7 @@ pub(super) async fn units(ctx: &mut Context<'_>) -> Check {
     let (spec, settings) = (ctx.spec(), ctx.settings);
     let manager = Systemctl::new(&settings.start.systemctl);
     let mut units = vec![settings.consul.unit.as_str()];
-    if settings.runs_docker(spec) {
+    if spec.runs_docker(&settings.docker) {
         units.push(settings.docker.unit.as_str());
     }
     if spec.runs_nomad() {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kraken_intent::Settings;
+use kraken_settings::Settings;
 
 use super::{Check, Level};
 

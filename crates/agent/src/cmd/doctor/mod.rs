@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use kraken_discovery::Peers;
 use kraken_identity::Identity;
-use kraken_intent::{NodeSpec, Settings};
+use kraken_intent::NodeSpec;
 use kraken_render::RenderSecrets;
 use kraken_secrets::{SecretError, SecretStore, Store};
+use kraken_settings::Settings;
 use serde::Serialize;
 
 use crate::tuning;
@@ -238,7 +239,7 @@ impl Kind {
                 if ctx
                     .spec
                     .as_ref()
-                    .is_none_or(|s| ctx.settings.runs_docker(s)) =>
+                    .is_none_or(|s| s.runs_docker(&ctx.settings.docker)) =>
             {
                 host::docker_disk(ctx.settings)
             }

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 
 use kraken_discovery::{Ec2Peers, Peers};
 use kraken_identity::{Identity, ImdsIdentity};
-use kraken_intent::{NodeSpec, Role, Settings};
+use kraken_intent::{NodeSpec, Role};
 use kraken_ready::{Notifier, Status, StatusFile};
 use kraken_render::{Change, RenderSecrets, Service};
 use kraken_secrets::{SecretStore, Store};
+use kraken_settings::Settings;
 use kraken_start::{StartReport, Systemctl, start_services};
 use serde_json::json;
 
