@@ -7,7 +7,8 @@ use aws_config::imds::client::Client;
 use aws_config::imds::client::error::ImdsError;
 use kraken_aws::{ApiCalls, AwsSettings, Failure};
 
-use crate::{Identity, IdentityError, IdentityProvider, TagsSource};
+use crate::error::IdentityError;
+use crate::identity::{Identity, IdentityProvider, TagsSource};
 
 const TAGS_PATH: &str = "/latest/meta-data/tags/instance";
 const LOCAL_IPV4_PATH: &str = "/latest/meta-data/local-ipv4";
