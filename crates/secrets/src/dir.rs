@@ -6,7 +6,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Created, Secret, SecretError, SecretStore, validate_cluster, validate_name};
+use crate::error::SecretError;
+use crate::secret::Secret;
+use crate::secret_store::{Created, SecretStore};
+use crate::validate::{validate_cluster, validate_name};
 
 /// Secrets as files `<dir>/<cluster>/<name>`, mode 0600, in directories of
 /// mode 0700, owned by the agent's user (root).

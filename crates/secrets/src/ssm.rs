@@ -9,7 +9,10 @@ use aws_sdk_ssm::operation::put_parameter::PutParameterError;
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
 use kraken_aws::{ApiCalls, Failure};
 
-use crate::{Created, REDACTED, Secret, SecretError, SecretStore, validate_cluster, validate_name};
+use crate::error::SecretError;
+use crate::secret::{REDACTED, Secret};
+use crate::secret_store::{Created, SecretStore};
+use crate::validate::{validate_cluster, validate_name};
 
 /// An SSM client whose every HTTP attempt is counted in `calls`, configured
 /// like every other AWS client of the agent (standard environment, retries).

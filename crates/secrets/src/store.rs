@@ -2,8 +2,10 @@ use kraken_aws::ApiCalls;
 use kraken_settings::{Backend, SecretSettings};
 
 use crate::dir::DirStore;
+use crate::error::SecretError;
+use crate::secret::Secret;
+use crate::secret_store::{Created, SecretStore};
 use crate::ssm::{SsmStore, ssm_client};
-use crate::{Created, Secret, SecretError, SecretStore};
 
 /// The store `[secrets]` asks for. An enum rather than a trait object,
 /// because the trait's methods return `impl Future`.

@@ -1,0 +1,26 @@
+//! The names the agent uses.
+
+/// Consul's gossip encryption key; every node reads it.
+pub const GOSSIP_KEY: &str = "consul/gossip-key";
+/// Consul's `initial_management` token; Consul servers only.
+pub const CONSUL_INITIAL_MANAGEMENT: &str = "consul/tokens/initial-management";
+/// The Consul agent token every node installs.
+pub const CONSUL_AGENT: &str = "consul/tokens/agent";
+/// Nomad servers' Consul token.
+pub const CONSUL_NOMAD_SERVER: &str = "consul/tokens/nomad-server";
+/// Nomad clients' Consul token.
+pub const CONSUL_NOMAD_CLIENT: &str = "consul/tokens/nomad-client";
+/// Nomad's management token, the `BootstrapSecret` of `nomad acl bootstrap`.
+pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
+/// The Nomad servers' gossip encryption key; Nomad servers create and
+/// read it (Nomad clients do not gossip).
+pub const NOMAD_GOSSIP_KEY: &str = "nomad/gossip-key";
+/// The cluster's root CA, certificate and key (`docs/pki.md`); Consul
+/// servers only.
+pub const PKI_CA: &str = "pki/ca";
+/// The role intermediates, certificate, root and key each; a node reads
+/// those of its own roles.
+pub const PKI_CONSUL_SERVER: &str = "pki/consul-server";
+pub const PKI_CONSUL_CLIENT: &str = "pki/consul-client";
+pub const PKI_NOMAD_SERVER: &str = "pki/nomad-server";
+pub const PKI_NOMAD_CLIENT: &str = "pki/nomad-client";
