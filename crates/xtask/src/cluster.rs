@@ -7,9 +7,10 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
+use crate::paths::{cache_dir, target_dir, workspace_root};
 use crate::peers::{Deps, deps};
 use crate::process::{capture, describe, run_logged, step};
-use crate::{USAGE, cache_dir, target_dir, workspace_root};
+use crate::usage::USAGE;
 
 /// The host tools the VM cluster needs (.ci/run installs them).
 const CLUSTER_TOOLS: [(&str, &str); 6] = [

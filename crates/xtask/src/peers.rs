@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::cache_dir;
+use crate::paths::cache_dir;
 use crate::process::{fmt_duration, step};
 
 pub struct Deps {

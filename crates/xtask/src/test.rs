@@ -5,9 +5,9 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use crate::cluster;
+use crate::paths::{target_dir, workspace_root};
 use crate::peers::deps;
 use crate::process::{describe, fmt_duration, step};
-use crate::{target_dir, workspace_root};
 
 pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     let deps = deps()?;

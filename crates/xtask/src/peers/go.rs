@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::paths::xtask_dir;
 use crate::process::{capture, run_logged};
-use crate::xtask_dir;
 
 const CONSUL_VERSION: &str = "1.22.5";
 const NOMAD_VERSION: &str = "1.11.1";

@@ -1,0 +1,39 @@
+//! Where xtask finds the workspace and keeps its cache and builds.
+
+use anyhow::{Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub fn cache_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("KRAKEN_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let home = std::env::var_os("HOME").context("neither KRAKEN_CACHE nor HOME is set")?;
+            Path::new(&home).join(".cache/kraken")
+        }
+    };
+    // Paths end up in exported variables used from other directories.
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn xtask_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn workspace_root() -> PathBuf {
+    xtask_dir().join("../..")
+}
+
+/// Where `test` and `cluster` build: `CARGO_TARGET_DIR`, else the cache's.
+pub fn target_dir() -> Result<PathBuf> {
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => cache_dir()?.join("target"),
+    })
+}

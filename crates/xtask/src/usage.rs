@@ -1,0 +1,24 @@
+//! The help text, printed by `main` and by `cluster` on bad arguments.
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  deps               build/install the test peers (consul, nomad, moto) into the
+                     cache and print `export` lines: eval \"$(cargo xtask deps)\"
+  test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings,
+                     cargo test --workspace [ARGS...] with the peers' env set,
+                     and `cluster test`
+  cluster up [--topology small|seed]
+                     build the local image and boot the cluster in nspawn VMs,
+                     deploy the web job and print its answers; leaves it running
+  cluster status     check the running cluster
+  cluster down       stop it and remove everything it made
+  cluster test       the fault scenario on a fresh small cluster, then down
+  cluster bench [--topology small|seed]
+                     boot timings, EC2 calls and agent memory, against
+                     Consul's and Nomad's own cloud auto-join (JSON on stdout)
+
+environment:
+  KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)
+  CARGO_TARGET_DIR   for `test`; defaults to $KRAKEN_CACHE/target";
