@@ -5,8 +5,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::wait::{get_json, http_client, poll};
-use crate::{LoopbackAddrs, Peer, PeerCommand, START_TIMEOUT, TestDir};
+use crate::dir::TestDir;
+use crate::net::LoopbackAddrs;
+use crate::peer::{Peer, PeerCommand};
+use crate::wait::{START_TIMEOUT, get_json, http_client, poll};
 
 /// Consul's default HTTP port; every starter here uses the defaults, on an
 /// address of its own.

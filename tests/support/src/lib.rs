@@ -23,10 +23,4 @@ pub use moto::Moto;
 pub use net::{LoopbackAddrs, free_port};
 pub use nomad::{NOMAD_HTTP_PORT, NOMAD_RPC_PORT, NomadClient, NomadDev, NomadServer};
 pub use peer::{Peer, PeerCommand, consul_bin, moto_server, nomad_bin};
-pub use wait::{http_client, wait_for, wait_http_ok, wait_until};
-
-use std::time::Duration;
-
-/// How long a starter waits for its peer to become usable. Generous: CI has
-/// two cores and runs test binaries' tests in parallel.
-pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+pub use wait::{START_TIMEOUT, http_client, wait_for, wait_http_ok, wait_until};

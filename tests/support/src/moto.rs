@@ -1,5 +1,7 @@
-use crate::wait::{get_json, http_client, poll};
-use crate::{Peer, PeerCommand, START_TIMEOUT, TestDir, free_port, moto_server};
+use crate::dir::TestDir;
+use crate::net::free_port;
+use crate::peer::{Peer, PeerCommand, moto_server};
+use crate::wait::{START_TIMEOUT, get_json, http_client, poll};
 
 /// A moto server (EC2, SSM, STS, IAM, ... in one process) on 127.0.0.1.
 ///

@@ -3,8 +3,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::wait::{get_json, http_client, poll};
-use crate::{LoopbackAddrs, Peer, PeerCommand, START_TIMEOUT, TestDir};
+use crate::dir::TestDir;
+use crate::net::LoopbackAddrs;
+use crate::peer::{Peer, PeerCommand};
+use crate::wait::{START_TIMEOUT, get_json, http_client, poll};
 
 pub const NOMAD_HTTP_PORT: u16 = 4646;
 pub const NOMAD_RPC_PORT: u16 = 4647;

@@ -3,6 +3,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+/// How long a starter waits for its peer to become usable. Generous: CI has
+/// two cores and runs test binaries' tests in parallel.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A client for talking to the peers on loopback.
