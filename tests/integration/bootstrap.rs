@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use kraken_agent::steps::secrets::{self, SecretsMode};
-use kraken_bootstrap::{Bootstrap, BootstrapError, LeaseSettings, Phase, Report, Step};
+use kraken_bootstrap::{
+    Bootstrap, BootstrapError, LeaseSettings, POLICIES, Phase, ROLE_TOKENS, Report, Step,
+};
 use kraken_discovery::Peers;
 use kraken_hashi::{Consul, Nomad, Token};
 use kraken_identity::Identity;
@@ -139,11 +141,16 @@ async fn cluster(name: &str) -> Cluster {
     }
 }
 
+/// What a complete bootstrap leaves, each made once: every policy, every
+/// role token, Nomad's management token and the agent's Nomad token.
+const EVERYTHING_ONCE: (usize, usize, usize, usize) = (POLICIES.len(), ROLE_TOKENS.len(), 1, 1);
+
 fn lease() -> LeaseSettings {
     LeaseSettings {
         ttl: Duration::from_secs(10),
         lock_delay: Duration::from_secs(1),
         wait: Duration::from_secs(5),
+        ..LeaseSettings::default()
     }
 }
 
@@ -204,7 +211,7 @@ impl Cluster {
     }
 
     /// Consul's and Nomad's own view: what exists, counted.
-    async fn census(&self) -> (usize, usize, usize) {
+    async fn census(&self) -> (usize, usize, usize, usize) {
         let admin = self.consul(0, Some(self.management.clone()));
         let policies = admin
             .acl_policies()
@@ -235,7 +242,11 @@ impl Cluster {
             .iter()
             .filter(|t| t["Type"] == "management")
             .count();
-        (policies, tokens, management)
+        let agent = nomad_tokens
+            .iter()
+            .filter(|t| t["Type"] == "client" && t["Name"] == "kraken-agent")
+            .count();
+        (policies, tokens, management, agent)
     }
 
     /// Every stored token authenticates where it is meant to.
@@ -333,8 +344,8 @@ async fn ten_racing_nodes_perform_every_step_exactly_once() {
     assert_eq!(performed, want, "each step exactly once");
     assert_eq!(
         c.census().await,
-        (4, 3, 1),
-        "policies, role tokens, Nomad bootstraps"
+        EVERYTHING_ONCE,
+        "policies, role tokens, Nomad bootstraps, Nomad agent tokens"
     );
     c.tokens_work().await;
     eprintln!(
@@ -410,7 +421,7 @@ async fn a_holder_killed_after_any_step_is_replaced_and_nothing_is_lost() {
             .all(|r| r.performed.is_empty() && !r.held_lease),
         "{reports:?}"
     );
-    assert_eq!(c.census().await, (4, 3, 1));
+    assert_eq!(c.census().await, EVERYTHING_ONCE);
     c.tokens_work().await;
 }
 
@@ -459,7 +470,7 @@ async fn a_nomad_bootstrapped_by_hand_is_a_loud_specific_error() {
             0,
         )
     };
-    assert_eq!((policies, tokens), (4, 3));
+    assert_eq!((policies, tokens), (POLICIES.len(), ROLE_TOKENS.len()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -491,7 +502,7 @@ async fn a_deleted_lock_key_stops_the_holder_before_its_next_step() {
     drop(store);
     // Another node then completes the whole bootstrap.
     c.participant(1, None).await.unwrap();
-    assert_eq!(c.census().await, (4, 3, 1));
+    assert_eq!(c.census().await, EVERYTHING_ONCE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -542,7 +553,7 @@ async fn a_consul_leader_change_mid_bootstrap_is_ridden_out() {
     assert_eq!(state.done.len(), Step::ALL.len());
     c.consul_ips.remove(leader_index);
     c.consul_peers.remove(leader_index);
-    assert_eq!(c.census().await, (4, 3, 1));
+    assert_eq!(c.census().await, EVERYTHING_ONCE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -558,7 +569,7 @@ async fn throttled_ssm_is_retried_and_the_bootstrap_completes() {
     .await;
     c.participant_with(0, None, &throttled).await.unwrap();
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) > 4);
-    assert_eq!(c.census().await, (4, 3, 1));
+    assert_eq!(c.census().await, EVERYTHING_ONCE);
     c.tokens_work().await;
 }
 
@@ -588,6 +599,6 @@ async fn ssm_access_denied_is_named_and_does_no_damage() {
     );
     // A node that may write then finishes the job.
     c.participant(1, None).await.unwrap();
-    assert_eq!(c.census().await, (4, 3, 1));
+    assert_eq!(c.census().await, EVERYTHING_ONCE);
     c.tokens_work().await;
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use crate::common::node::settings;
 use crate::common::*;
 use kraken_hashi::{Consul, Nomad, SessionBehavior, Token};
-use kraken_start::{Deadlines, ServiceManager, ServiceStep, StartError, StartPlan, start_services};
+use kraken_start::{
+    Action, Deadlines, ServiceManager, ServiceStep, StartError, StartPlan, start_services,
+};
 use kraken_testkit::{ConsulDev, LoopbackAddrs, Peer, PeerCommand, TestDir};
 
 /// Runs each unit as a child process from the configs the agent rendered.
@@ -64,6 +66,9 @@ impl ServiceManager for Processes {
             );
         }
         Ok(())
+    }
+    async fn main_pid(&self, unit: &str) -> Result<Option<u32>, StartError> {
+        Ok(self.running.lock().unwrap().get(unit).and_then(|p| p.pid()))
     }
     async fn describe(&self, unit: &str) -> Result<kraken_start::UnitState, StartError> {
         Ok(kraken_start::UnitState {
@@ -166,7 +171,7 @@ fn consul_plan() -> StartPlan {
     StartPlan {
         consul: ServiceStep {
             unit: "consul.service".into(),
-            config_changed: true,
+            action: Action::Restart,
         },
         consul_server: true,
         docker: None,
@@ -241,7 +246,7 @@ async fn rendered_configs_form_a_three_server_consul_cluster() {
 
     // A second run over a converged node starts nothing again.
     let mut plan = consul_plan();
-    plan.consul.config_changed = false;
+    plan.consul.action = Action::Nothing;
     let again = start_services(
         &managers[0],
         &plan,
@@ -406,13 +411,13 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
     let plan = |server: bool| StartPlan {
         consul: ServiceStep {
             unit: "consul.service".into(),
-            config_changed: false,
+            action: Action::Nothing,
         },
         consul_server: false,
         docker: None,
         nomad: Some(ServiceStep {
             unit: "nomad.service".into(),
-            config_changed: true,
+            action: Action::Restart,
         }),
         nomad_server: server,
     };
@@ -548,6 +553,7 @@ async fn consul_client_calls_work_against_a_live_agent() {
             Duration::from_secs(15),
             Duration::from_secs(0),
             SessionBehavior::Release,
+            true,
         )
         .await
         .unwrap();
@@ -557,6 +563,7 @@ async fn consul_client_calls_work_against_a_live_agent() {
             Duration::from_secs(15),
             Duration::from_secs(0),
             SessionBehavior::Release,
+            true,
         )
         .await
         .unwrap();

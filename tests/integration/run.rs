@@ -133,15 +133,21 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
         "Nomad's Consul token installed"
     );
     assert_eq!(nomad.nodes().await.unwrap_err().status(), Some(403));
+    // Each service started once: Consul took its agent token by reload,
+    // Nomad started only once its Consul token existed.
     let calls = std::fs::read_to_string(dir.join("calls.log")).unwrap();
-    assert!(
-        calls.contains("restart --no-block consul.service"),
+    assert!(!calls.contains("restart"), "{calls}");
+    assert_eq!(
+        calls.matches("start --no-block consul.service").count(),
+        1,
         "{calls}"
     );
-    assert!(
-        calls.contains("restart --no-block nomad.service"),
+    assert_eq!(
+        calls.matches("start --no-block nomad.service").count(),
+        1,
         "{calls}"
     );
+    assert!(calls.contains("reload consul.service"), "{calls}");
 }
 
 /// Every parameter value moto's SSM holds, decrypted.

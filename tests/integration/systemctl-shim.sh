@@ -35,7 +35,11 @@ stop() {
 }
 
 case $cmd in
-    show) echo no ;;
+    show)
+        case "$*" in
+            *MainPID*) if alive; then cat "$pidfile"; else echo 0; fi ;;
+            *) echo no ;;
+        esac ;;
     daemon-reload | enable) ;;
     start) start ;;
     restart) stop; start ;;

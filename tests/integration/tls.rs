@@ -112,13 +112,18 @@ async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_wor
         assert_eq!(e, "HTTP 400 Bad Request");
     }
 
-    // TLS without a client certificate.
+    // TLS without a client certificate: Nomad refuses it. Consul's HTTPS
+    // asks for none (its callers, Nomad among them, prove themselves with
+    // ACL tokens: docs/pki.md), and its ACLs refuse an anonymous caller
+    // everything but what anonymous may do.
     let certless = client(&ca, None);
-    for url in [&consul_url, &nomad_url] {
-        let e = refused(&certless, url).await;
-        eprintln!("no client certificate, {url}: {e}");
-        assert!(e.contains("CertificateRequired"), "{e}");
-    }
+    let e = refused(&certless, &nomad_url).await;
+    eprintln!("no client certificate, {nomad_url}: {e}");
+    assert!(e.contains("CertificateRequired"), "{e}");
+    let protected = format!("https://{ip}:8501/v1/acl/tokens");
+    let e = refused(&certless, &protected).await;
+    eprintln!("no client certificate nor token, {protected}: {e}");
+    assert_eq!(e, "HTTP 403 Forbidden");
 
     // A certificate from another CA, with the right names.
     let names = ClusterNames {
@@ -129,7 +134,7 @@ async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_wor
     };
     let other = Ca::generate("solo", Duration::from_secs(3600)).unwrap();
     for (authority, url) in [
-        (Authority::ConsulServer, &consul_url),
+        (Authority::ConsulServer, &protected),
         (Authority::NomadServer, &nomad_url),
     ] {
         let i = other.issue_intermediate(authority, &names).unwrap();
@@ -143,7 +148,11 @@ async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_wor
         let foreign = client(&ca, Some((&leaf.chain_pem, &leaf.key_pem)));
         let e = refused(&foreign, url).await;
         eprintln!("certificate of another CA, {url}: {e}");
-        assert!(e.contains("UnknownCA"), "{e}");
+        if authority == Authority::NomadServer {
+            assert!(e.contains("UnknownCA"), "{e}");
+        } else {
+            assert_eq!(e, "HTTP 403 Forbidden");
+        }
     }
 
     // A Nomad client's intermediate cannot make a Nomad server certificate:
@@ -361,7 +370,7 @@ async fn certificates_renew_without_restarting_consul_or_nomad() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
+async fn a_revoked_role_token_stays_revoked_and_a_rotated_one_reaches_its_holders() {
     let node = boot_with(Duration::ZERO, "\n[bootstrap]\ntoken_check_secs = 2\n").await;
     let store = node.store().await;
     let management = store
@@ -369,61 +378,75 @@ async fn a_deleted_role_token_is_recreated_by_the_running_agent() {
         .await
         .unwrap()
         .unwrap();
+    let admin = node.consul(Some(kraken_hashi::Token::new(management.expose())));
+    let as_token =
+        |s: &kraken_secrets::Secret| node.consul(Some(kraken_hashi::Token::new(s.expose())));
     let agent = store.get(names::CONSUL_AGENT).await.unwrap().unwrap();
-    let as_agent = node.consul(Some(kraken_hashi::Token::new(agent.expose())));
-    let before = as_agent.acl_token_self().await.unwrap().unwrap();
+    let before = as_token(&agent).acl_token_self().await.unwrap().unwrap();
     assert_eq!(before.expiration_time, None, "role tokens do not expire");
+    let consul_pid = pid(&node, "consul.service");
+    let config = || read(&node, "consul.d/consul.hcl");
+    assert!(config().contains(agent.expose()));
 
-    // Someone deletes the agent token in Consul.
-    let ca = read(&node, "consul.d/tls/ca.pem");
-    let http = client(
-        &ca,
-        Some((
-            &read(&node, "consul.d/tls/consul.pem"),
-            &read(&node, "consul.d/tls/consul-key.pem"),
-        )),
+    // Someone deletes the agent token in Consul on purpose: it stays
+    // deleted, however many checks pass, and the agent says so.
+    admin.acl_token_delete(&before.accessor_id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(as_token(&agent).acl_token_self().await.unwrap(), None);
+    assert!(
+        node.log().contains("was deleted and stays deleted"),
+        "{}",
+        node.log()
     );
-    let r = http
-        .delete(format!(
-            "https://{}:8501/v1/acl/token/{}",
-            node.ip, before.accessor_id
-        ))
-        .header("X-Consul-Token", management.expose())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    assert_eq!(as_agent.acl_token_self().await.unwrap(), None);
 
-    // The agent notices and creates it again, with the same SecretID: the
-    // configs that carry it stay valid.
+    // The documented way to replace it: delete the stored secret. A Consul
+    // server makes a new one and its token; every holder picks it up and
+    // reloads (no restart).
     let started = Instant::now();
-    kraken_testkit::wait_until(
-        "the agent token to exist again",
+    store.delete(names::CONSUL_AGENT).await.unwrap();
+    let rotated = kraken_testkit::wait_for(
+        "a new agent secret, known to Consul and in the node's config",
         Duration::from_secs(60),
-        || async { matches!(as_agent.acl_token_self().await, Ok(Some(_))) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
-    let after = as_agent.acl_token_self().await.unwrap().unwrap();
-    assert_ne!(after.accessor_id, before.accessor_id);
-    assert_eq!(after.policies, before.policies);
-    eprintln!(
-        "benchmark: deleted agent token recreated {:?} after the deletion",
-        started.elapsed()
-    );
-    // Logged once every role token is checked: a moment after the agent
-    // token is back.
-    kraken_testkit::wait_until(
-        "the recreation to be logged",
-        Duration::from_secs(10),
         || async {
-            node.log()
-                .contains("recreated Consul tokens: consul/tokens/agent")
+            let Ok(Some(new)) = store.get(names::CONSUL_AGENT).await else {
+                return None;
+            };
+            let known = matches!(as_token(&new).acl_token_self().await, Ok(Some(_)));
+            (known && config().contains(new.expose())).then_some(new)
         },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    assert_ne!(rotated, agent);
+    assert!(!config().contains(agent.expose()));
+    eprintln!(
+        "benchmark: rotated agent token in the config {:?} after its secret was deleted",
+        started.elapsed()
+    );
+
+    // A rotation by overwrite while the old token still works: the new one
+    // is made, and the old one deleted once every holder had time (two
+    // check periods) to read the new secret.
+    let old = as_token(&rotated).acl_token_self().await.unwrap().unwrap();
+    let newest = kraken_secrets::Secret::random_token();
+    store.put(names::CONSUL_AGENT, &newest).await.unwrap();
+    kraken_testkit::wait_until(
+        "the overwritten secret's token to exist and the old one to be gone",
+        Duration::from_secs(60),
+        || async {
+            matches!(as_token(&newest).acl_token_self().await, Ok(Some(_)))
+                && config().contains(newest.expose())
+                && matches!(as_token(&rotated).acl_token_self().await, Ok(None))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    assert!(matches!(
+        admin.acl_token_read(&old.accessor_id).await,
+        Err(e) if e.status() == Some(403) || e.status() == Some(404)
+    ));
+    // Consul took every new token by reload: same process.
+    assert_eq!(pid(&node, "consul.service"), consul_pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

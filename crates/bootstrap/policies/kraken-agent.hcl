@@ -1,8 +1,12 @@
 # Consul agents (every node): register their own node, read the catalog for DNS
-# and anti-entropy, and nothing else.
+# and anti-entropy, and join the gossip pool through the agent API (a node
+# that lost every server rejoins the ones EC2 knows now).
 node_prefix "" {
   policy = "write"
 }
 service_prefix "" {
   policy = "read"
+}
+agent_prefix "" {
+  policy = "write"
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use kraken_hashi::{Consul, HashiError, SessionBehavior};
+use kraken_hashi::{Consul, SessionBehavior};
 use tokio::task::JoinHandle;
 
-use crate::BootstrapError;
+use crate::error::{BootstrapError, transient};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseSettings {
@@ -23,6 +23,12 @@ pub struct LeaseSettings {
     pub lock_delay: Duration,
     /// Longest single blocking query while waiting.
     pub wait: Duration,
+    /// Whether the session also ends when this node's serf health fails.
+    /// Off for a lock held across a restart of this node's own Consul (the
+    /// restart lock), which its TTL alone must outlive.
+    pub node_health: bool,
+    /// What the lease is for, in the session's name.
+    pub purpose: &'static str,
 }
 
 impl Default for LeaseSettings {
@@ -31,6 +37,8 @@ impl Default for LeaseSettings {
             ttl: Duration::from_secs(15),
             lock_delay: Duration::from_secs(5),
             wait: Duration::from_secs(30),
+            node_health: true,
+            purpose: "bootstrap lease",
         }
     }
 }
@@ -72,10 +80,11 @@ impl Lease {
     {
         let session = consul
             .session_create(
-                &format!("kraken bootstrap lease of {holder}"),
+                &format!("kraken {} of {holder}", settings.purpose),
                 settings.ttl,
                 settings.lock_delay,
                 SessionBehavior::Release,
+                settings.node_health,
             )
             .await
             .map_err(BootstrapError::consul("create the lease session"))?;
@@ -102,12 +111,12 @@ impl Lease {
                 .await
             {
                 Ok(true) => {
-                    log::info!("bootstrap lease {key}: acquired by {holder}");
+                    log::info!("lease {key}: acquired by {holder}");
                     return Ok(Some(lease));
                 }
                 Ok(false) => {}
                 Err(e) if transient(&e) => {
-                    log::warn!("bootstrap lease {key}: {e}; trying again");
+                    log::warn!("lease {key}: {e}; trying again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -200,24 +209,14 @@ fn spawn_renewer(
             match consul.session_renew(&session).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    log::warn!("bootstrap lease session expired; stopping");
+                    log::warn!("lease session expired; stopping");
                     lost.store(true, Ordering::SeqCst);
                     return;
                 }
                 // A failed renewal is not a lost session yet; the next
                 // one may succeed within the TTL.
-                Err(e) => log::warn!("renewing the bootstrap lease session: {e}"),
+                Err(e) => log::warn!("renewing a lease session: {e}"),
             }
         }
     })
-}
-
-pub(crate) fn transient(e: &HashiError) -> bool {
-    match e {
-        HashiError::Unreachable { .. } => true,
-        HashiError::Status { status, body, .. } => {
-            *status >= 500 || body.contains("No cluster leader") || body.contains("rpc error")
-        }
-        _ => false,
-    }
 }

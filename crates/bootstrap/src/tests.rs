@@ -4,11 +4,14 @@
 //! `tests/integration/bootstrap.rs`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use kraken_hashi::HashiError;
-use kraken_secrets::{DirStore, SecretError};
+use kraken_hashi::{Consul, HashiError};
+use kraken_secrets::{DirStore, SecretError, Store};
 
-use super::*;
+use crate::error::transient;
+use crate::policies::{DNS_POLICY, parse_version};
+use crate::*;
 
 fn consul_status(status: u16, body: &str) -> HashiError {
     HashiError::Status {
@@ -31,7 +34,7 @@ fn unreachable() -> HashiError {
 fn state_with(steps: &[Step]) -> State {
     State {
         done: steps.iter().map(|s| s.name().to_owned()).collect(),
-        log: Vec::new(),
+        ..State::default()
     }
 }
 
@@ -49,6 +52,8 @@ fn steps_run_in_their_declared_order_consul_before_nomad() {
             Phase::Consul,
             Phase::Consul,
             Phase::Consul,
+            Phase::Consul,
+            Phase::Nomad,
             Phase::Nomad
         ]
     );
@@ -70,7 +75,9 @@ fn step_names_are_the_ones_recorded_in_consul() {
             "consul-token-nomad-server",
             "consul-token-nomad-client",
             "consul-anonymous-dns",
+            "consul-token-server",
             "nomad-acl-bootstrap",
+            "nomad-token-agent",
         ]
     );
 }
@@ -103,7 +110,7 @@ fn a_phase_is_done_when_all_of_its_steps_are() {
     assert!(consul.phase_done(Phase::Consul));
     assert!(!consul.phase_done(Phase::Nomad), "each phase on its own");
 
-    let nomad = state_with(&[Step::NomadAclBootstrap]);
+    let nomad = state_with(&[Step::NomadAclBootstrap, Step::NomadAgentToken]);
     assert!(nomad.phase_done(Phase::Nomad));
     assert!(!nomad.phase_done(Phase::Consul));
 }
@@ -112,7 +119,7 @@ fn a_phase_is_done_when_all_of_its_steps_are() {
 fn names_that_are_no_step_do_not_count() {
     let state = State {
         done: BTreeSet::from(["consul-tokens".to_owned(), "nomad".to_owned()]),
-        log: Vec::new(),
+        ..State::default()
     };
     assert!(Step::ALL.iter().all(|s| !state.is_done(*s)));
 }
@@ -143,7 +150,7 @@ fn elections_outages_and_lost_leases_are_retried() {
         consul_status(400, "rpc error making call: EOF"),
     ] {
         let shown = source.to_string();
-        assert!(lease::transient(&source), "{shown}");
+        assert!(transient(&source), "{shown}");
         let consul = BootstrapError::Consul {
             action: "record a bootstrap step",
             source,
@@ -193,7 +200,7 @@ fn refusals_and_bad_answers_are_not_retried() {
         },
     ] {
         let shown = source.to_string();
-        assert!(!lease::transient(&source), "{shown}");
+        assert!(!transient(&source), "{shown}");
         let consul = BootstrapError::Consul {
             action: "create an ACL token",
             source,
@@ -298,4 +305,61 @@ fn the_default_lease_is_one_consul_accepts() {
     // A dead holder's successor waits out the lock-delay after the TTL:
     // it must be the shorter of the two.
     assert!(d.lock_delay < d.ttl);
+}
+
+#[test]
+fn a_policy_is_updated_only_by_an_agent_at_least_as_new_as_its_writer() {
+    let ours = parse_version(AGENT_VERSION).unwrap();
+    let written = versioned("Consul agents of kraken nodes");
+    assert_eq!(version_of(&written), Some(ours.clone()));
+    // Descriptions of older agents carry no version: any agent updates them.
+    assert_eq!(version_of("Consul agents of kraken nodes"), None);
+    let newer = "x (rules of kraken-agent 99.0.0)";
+    assert!(version_of(newer).unwrap() > ours);
+    assert_eq!(
+        version_of("x (rules of kraken-agent 0.2.0-rc1)"),
+        Some(vec![0, 2, 0])
+    );
+    assert!(parse_version("1.10.0").unwrap() > parse_version("1.9.9").unwrap());
+}
+
+#[test]
+fn an_old_state_without_token_records_still_reads() {
+    let old: State = serde_json::from_str(r#"{"done":["consul-policies"],"log":[]}"#).unwrap();
+    assert!(old.tokens.is_empty() && old.retired.is_empty());
+    let mut state = old.clone();
+    state.tokens.insert(
+        "consul/tokens/agent".into(),
+        TokenRecord {
+            accessor: "a".into(),
+            secret_sha256: crate::state::sha256_hex("s"),
+        },
+    );
+    let json = serde_json::to_vec(&state).unwrap();
+    assert_eq!(serde_json::from_slice::<State>(&json).unwrap(), state);
+    // The record holds a digest of the secret, never the secret.
+    assert!(!String::from_utf8(json).unwrap().contains("\"s\""));
+}
+
+#[test]
+fn servers_have_a_token_for_the_restart_lock_and_autopilot() {
+    let (_, _, rules) = POLICIES
+        .iter()
+        .find(|(name, _, _)| *name == "kraken-server")
+        .unwrap();
+    let rules = rules.replace("@CLUSTER@", "blue");
+    assert!(rules.contains("key_prefix \"kraken/blue/\""), "{rules}");
+    assert!(rules.contains("operator = \"read\""), "{rules}");
+    assert!(rules.contains("acl = \"read\""), "{rules}");
+    assert!(!rules.contains("acl = \"write\""), "{rules}");
+    // Every node's agent token may join: a client that lost every server
+    // rejoins the ones EC2 knows.
+    let (_, _, agent) = POLICIES
+        .iter()
+        .find(|(name, _, _)| *name == "kraken-agent")
+        .unwrap();
+    assert!(
+        agent.contains("agent_prefix \"\" {\n  policy = \"write\""),
+        "{agent}"
+    );
 }

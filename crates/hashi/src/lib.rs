@@ -2,15 +2,18 @@
 //! makes, typed, with errors that name the endpoint. Tokens are sent in the
 //! documented headers and never appear in `Debug` output or errors.
 
+mod autopilot;
 mod consul;
 mod http;
 mod nomad;
+mod served;
 #[cfg(test)]
 mod tests;
 
-pub use consul::{
-    ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, Consul, ConsulMember, KvPair, PolicyLink,
-    SessionBehavior,
-};
+pub use autopilot::{AutopilotHealth, AutopilotServer};
+pub use consul::acl::{ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, PolicyLink};
+pub use consul::{Consul, ConsulMember, HealthCheck, KvPair, SessionBehavior};
 pub use http::{ClientTls, HashiError, Token};
-pub use nomad::{Nomad, NomadBootstrap, NomadMember, NomadNode};
+pub use nomad::acl::{NomadBootstrap, NomadToken};
+pub use nomad::{Nomad, NomadMember, NomadNode};
+pub use served::{TlsPort, served_certificate};

@@ -30,7 +30,9 @@ pub use write::{Change, WriteError, resolve_owner, write_atomic};
 
 /// The service that reads a rendered file, and so must restart when it
 /// changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
     Consul,

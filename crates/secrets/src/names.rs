@@ -10,8 +10,14 @@ pub const CONSUL_AGENT: &str = "consul/tokens/agent";
 pub const CONSUL_NOMAD_SERVER: &str = "consul/tokens/nomad-server";
 /// Nomad clients' Consul token.
 pub const CONSUL_NOMAD_CLIENT: &str = "consul/tokens/nomad-client";
+/// The agent's own Consul token on servers (Consul and Nomad servers): the
+/// restart lock, autopilot's health, reading ACL metadata.
+pub const CONSUL_SERVER: &str = "consul/tokens/server";
 /// Nomad's management token, the `BootstrapSecret` of `nomad acl bootstrap`.
 pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
+/// The agent's own Nomad token on Nomad servers: join, autopilot's health
+/// (never the management token for routine calls).
+pub const NOMAD_AGENT: &str = "nomad/tokens/agent";
 /// The Nomad servers' gossip encryption key; Nomad servers create and
 /// read it (Nomad clients do not gossip).
 pub const NOMAD_GOSSIP_KEY: &str = "nomad/gossip-key";

@@ -63,7 +63,9 @@ mod tests {
             names::CONSUL_AGENT,
             names::CONSUL_NOMAD_SERVER,
             names::CONSUL_NOMAD_CLIENT,
+            names::CONSUL_SERVER,
             names::NOMAD_MANAGEMENT,
+            names::NOMAD_AGENT,
             "ca-key",
             "a/b/c-1",
         ] {

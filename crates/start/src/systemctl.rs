@@ -1,6 +1,6 @@
 use tokio::process::Command;
 
-use crate::{ServiceManager, StartError};
+use crate::manager::{ServiceManager, StartError, UnitState};
 
 /// systemd through `systemctl`: no D-Bus client to carry, and the exact
 /// commands a person would run, which is what the errors show.
@@ -85,7 +85,7 @@ impl ServiceManager for Systemctl {
         self.run_ok(&["reload", unit]).await
     }
 
-    async fn describe(&self, unit: &str) -> Result<crate::UnitState, StartError> {
+    async fn describe(&self, unit: &str) -> Result<UnitState, StartError> {
         let word =
             |out: std::process::Output| String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let enabled = word(self.run(&["is-enabled", unit]).await?);
@@ -104,11 +104,23 @@ impl ServiceManager for Systemctl {
                     .collect();
             }
         }
-        Ok(crate::UnitState {
+        Ok(UnitState {
             enabled,
             active,
             recent_log,
         })
+    }
+
+    async fn main_pid(&self, unit: &str) -> Result<Option<u32>, StartError> {
+        let out = self
+            .run(&["show", "--property=MainPID", "--value", unit])
+            .await?;
+        // "0" while the unit has no running main process.
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|pid| *pid != 0))
     }
 
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {

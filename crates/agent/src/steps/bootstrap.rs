@@ -1,88 +1,102 @@
 //! Step 7: the one-time cluster bootstrap, for the phases this node's roles
 //! take part in, and the upkeep of what it made.
 
-use kraken_bootstrap::{Bootstrap, LeaseSettings, Phase};
-use kraken_hashi::Token;
+use std::time::Duration;
+
+use kraken_bootstrap::{Bootstrap, Phase, Report, Upkeep};
+use kraken_hashi::{Consul, Token};
 use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
-use kraken_secrets::{Store, names};
+use kraken_secrets::Store;
 use kraken_settings::Settings;
 
-use crate::steps::secrets::wait_for_secret;
 use crate::{BootError, clients, tuning};
 
-/// A Nomad server waits for the Consul phase: it needs the token that
-/// phase creates to take the lease.
-pub async fn bootstrap(
+fn participant<'a>(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    store: &'a Store,
+    consul: Consul,
+    with_nomad: bool,
+) -> Result<Bootstrap<'a>, BootError> {
+    Ok(Bootstrap {
+        consul,
+        nomad: if with_nomad {
+            Some(clients::nomad(settings, None)?)
+        } else {
+            None
+        },
+        store,
+        cluster: spec.cluster.clone(),
+        node: node.to_owned(),
+        lease: tuning::lease(settings),
+        crash_after: None,
+    })
+}
+
+fn token(s: Option<&kraken_secrets::Secret>) -> Option<Token> {
+    s.map(|s| Token::new(s.expose()))
+}
+
+/// The Consul phase, on Consul servers (with the initial-management
+/// token): policies, role tokens, the anonymous token's policy.
+pub async fn consul_phase(
     settings: &Settings,
     spec: &NodeSpec,
     node: &str,
     store: &Store,
     secrets: &RenderSecrets,
     status: &(dyn Fn(&str) + Sync),
-) -> Result<Vec<kraken_bootstrap::Report>, BootError> {
-    let consul = clients::consul(settings, None)?;
-    let mut reports = Vec::new();
-    if spec.has(Role::ConsulServer) {
-        let management = secrets
-            .initial_management
-            .as_ref()
-            .map(|s| Token::new(s.expose()));
-        status("bootstrap: Consul ACL policies and tokens");
-        let b = Bootstrap {
-            consul: consul.with_token(management),
-            nomad: None,
-            store,
-            cluster: spec.cluster.clone(),
-            node: node.to_owned(),
-            lease: tuning::lease(settings),
-            crash_after: None,
-        };
-        reports.push(b.run(Phase::Consul).await?);
+) -> Result<Option<Report>, BootError> {
+    if !spec.has(Role::ConsulServer) {
+        return Ok(None);
     }
-    if spec.has(Role::NomadServer) {
-        status("bootstrap: waiting for the Nomad servers' Consul token");
-        let token = wait_for_secret(store, names::CONSUL_NOMAD_SERVER, settings).await?;
-        status("bootstrap: Nomad ACLs");
-        let b = Bootstrap {
-            consul: consul.with_token(Some(Token::new(token.expose()))),
-            nomad: Some(clients::nomad(settings, None)?),
-            store,
-            cluster: spec.cluster.clone(),
-            node: node.to_owned(),
-            lease: tuning::lease(settings),
-            crash_after: None,
-        };
-        reports.push(b.run(Phase::Nomad).await?);
-    }
-    Ok(reports)
+    status("bootstrap: Consul ACL policies and tokens");
+    let consul = clients::consul(settings, token(secrets.initial_management.as_ref()))?;
+    let b = participant(settings, spec, node, store, consul, false)?;
+    Ok(Some(b.run(Phase::Consul).await?))
 }
 
-/// Token upkeep after the bootstrap, on Consul servers: recreates any role
-/// token Consul has lost (see `Bootstrap::repair_tokens`). Other nodes
-/// cannot (no management token) and do nothing.
-pub async fn repair_tokens(
+/// The Nomad phase, on Nomad servers (with their Consul token, which the
+/// Consul phase made): Nomad's ACL bootstrap and the agent's Nomad token.
+pub async fn nomad_phase(
     settings: &Settings,
     spec: &NodeSpec,
     node: &str,
     store: &Store,
     secrets: &RenderSecrets,
-) -> Result<Vec<&'static str>, BootError> {
-    let Some(management) = secrets.initial_management.as_ref() else {
-        return Ok(Vec::new());
+    status: &(dyn Fn(&str) + Sync),
+) -> Result<Option<Report>, BootError> {
+    if !spec.has(Role::NomadServer) {
+        return Ok(None);
+    }
+    status("bootstrap: Nomad ACLs");
+    let consul = clients::consul(settings, token(secrets.nomad_consul.as_ref()))?;
+    let b = participant(settings, spec, node, store, consul, true)?;
+    Ok(Some(b.run(Phase::Nomad).await?))
+}
+
+/// Token and policy upkeep, on Consul servers (see `Bootstrap::upkeep`):
+/// `reader` holds the servers' own token, the management token only
+/// changes what must change. Other nodes do nothing.
+pub async fn upkeep(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    store: &Store,
+    secrets: &RenderSecrets,
+    reader: &Consul,
+) -> Result<Upkeep, BootError> {
+    let Some(management) = token(secrets.initial_management.as_ref()) else {
+        return Ok(Upkeep::default());
     };
     if !spec.has(Role::ConsulServer) {
-        return Ok(Vec::new());
+        return Ok(Upkeep::default());
     }
-    let consul = clients::consul(settings, Some(Token::new(management.expose())))?;
-    let b = Bootstrap {
-        consul,
-        nomad: None,
-        store,
-        cluster: spec.cluster.clone(),
-        node: node.to_owned(),
-        lease: LeaseSettings::default(),
-        crash_after: None,
-    };
-    Ok(b.repair_tokens().await?)
+    let consul = clients::consul(settings, Some(management))?;
+    let b = participant(settings, spec, node, store, consul, false)?;
+    // Two check periods: every holder re-reads its token once per period.
+    let grace = Duration::from_secs(2 * settings.bootstrap.token_check_secs.max(1));
+    Ok(b.upkeep(reader, grace).await?)
 }

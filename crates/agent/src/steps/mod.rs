@@ -5,15 +5,22 @@
 //! 3. secrets: [`secrets`], and the cluster PKI: [`pki`]
 //! 4. discovery (EC2): [`discovery`]
 //! 5. render and install the configs: [`render`]
-//! 6. start the services: [`start`]
+//! 6. start the services, and for the node's life restart or reload them as
+//!    what they loaded requires: [`start`], [`apply`], [`applied`], with
+//!    servers restarting one at a time: [`restart`]; the certificates they
+//!    serve: [`served`]
 //! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`]
 //! 8. ready: `kraken_ready`, driven by `cmd::run`
 
+pub mod applied;
+pub mod apply;
 pub mod bootstrap;
 pub mod discovery;
 pub mod node;
 pub mod pki;
 pub mod render;
+pub mod restart;
 pub mod secrets;
+pub mod served;
 pub mod start;
 pub mod tokens;

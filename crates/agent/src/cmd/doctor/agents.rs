@@ -6,7 +6,7 @@ use kraken_hashi::{HashiError, Token};
 use kraken_intent::Role;
 use kraken_secrets::names;
 
-use super::{Check, Context, Level};
+use super::check::{Check, Context, Level};
 use crate::clients;
 
 /// The shape the Consul and Nomad checks share: an agent that answers,

@@ -7,7 +7,7 @@ use kraken_render::RenderedFile;
 use kraken_secrets::{SecretStore, names};
 use kraken_start::{ServiceManager, Systemctl};
 
-use super::{Check, Context, DEADLINE, Level};
+use super::check::{Check, Context, DEADLINE, Level};
 use crate::clients;
 use crate::steps::pki;
 use crate::steps::render::render;

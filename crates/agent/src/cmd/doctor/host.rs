@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use kraken_settings::Settings;
 
-use super::{Check, Level};
+use super::check::{Check, Level};
 
 /// Every certificate in the Consul and Nomad config directories, with the
 /// life it has left. A leaf is a problem once it is well past the point

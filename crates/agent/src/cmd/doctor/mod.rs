@@ -10,93 +10,16 @@
 //! failed, the runner reports it skipped, with the reason.
 
 mod agents;
+mod check;
 mod cluster;
 mod host;
 mod node;
 
-use std::time::Duration;
-
-use kraken_discovery::Peers;
-use kraken_identity::Identity;
 use kraken_intent::NodeSpec;
-use kraken_render::RenderSecrets;
-use kraken_secrets::{SecretError, SecretStore, Store};
 use kraken_settings::Settings;
-use serde::Serialize;
 
-use crate::tuning;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    /// Not run: what it needs failed earlier.
-    Skip,
-    Warn,
-    Fail,
-}
-
-impl Level {
-    fn word(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::Skip => "skip",
-            Level::Warn => "warn",
-            Level::Fail => "fail",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub level: Level,
-    pub finding: String,
-    /// Likely cause, for warn and fail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<String>,
-    /// The next thing to run or change, for warn and fail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-impl Check {
-    fn ok(name: &'static str, finding: impl Into<String>) -> Check {
-        Check {
-            name,
-            level: Level::Ok,
-            finding: finding.into(),
-            cause: None,
-            next: None,
-        }
-    }
-
-    fn bad(
-        name: &'static str,
-        level: Level,
-        finding: impl Into<String>,
-        cause: impl Into<String>,
-        next: impl Into<String>,
-    ) -> Check {
-        Check {
-            name,
-            level,
-            finding: finding.into(),
-            cause: Some(cause.into()),
-            next: Some(next.into()),
-        }
-    }
-
-    fn skip(name: &'static str, why: &str) -> Check {
-        Check {
-            name,
-            level: Level::Skip,
-            finding: format!("not checked: {why}"),
-            cause: None,
-            next: None,
-        }
-    }
-}
+pub use check::{Check, Level};
+use check::{Context, Needs, timed};
 
 /// The exit status: 0 all ok, 1 warnings, 2 any failure.
 pub fn exit_code(checks: &[Check]) -> u8 {
@@ -117,32 +40,6 @@ pub fn print(checks: &[Check]) {
             println!("      {:<12} next:  {next}", "");
         }
     }
-}
-
-/// Every check's deadline: doctor never hangs.
-const DEADLINE: Duration = Duration::from_secs(8);
-
-async fn timed<F: Future<Output = Check>>(name: &'static str, f: F) -> Check {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(c) => c,
-        Err(_) => Check::bad(
-            name,
-            Level::Fail,
-            format!("no answer within {}s", DEADLINE.as_secs()),
-            "the service or API it asks is hung or unreachable",
-            "run the check's command by hand (see docs/operations.md)",
-        ),
-    }
-}
-
-/// What a check needs to have been learnt before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Needs {
-    Nothing,
-    /// The instance identity (the `imds` check).
-    Identity,
-    /// The node spec (the `tags` check), and with it the AWS clients.
-    Spec,
 }
 
 /// Every check, in the order it runs and prints.
@@ -246,83 +143,6 @@ impl Kind {
             Kind::DockerDisk => return None,
             Kind::Oom => host::oom(),
         })
-    }
-}
-
-/// What the checks have learnt so far, for the checks after them.
-struct Context<'a> {
-    settings: &'a Settings,
-    identity: Option<Identity>,
-    spec: Option<NodeSpec>,
-    aws: Option<Aws>,
-    peers: Option<Peers>,
-    secrets: Option<RenderSecrets>,
-}
-
-/// The AWS clients of the node's region and cluster, as `run` makes them.
-struct Aws {
-    ec2: aws_sdk_ec2::Client,
-    calls: kraken_aws::ApiCalls,
-    store: Result<Store, SecretError>,
-}
-
-impl Context<'_> {
-    /// Why a check that needs `needs` cannot run, if it cannot.
-    fn missing(&self, needs: Needs) -> Option<&'static str> {
-        match needs {
-            Needs::Nothing => None,
-            _ if self.identity.is_none() => Some("the instance identity is unknown"),
-            Needs::Identity => None,
-            Needs::Spec if self.spec.is_none() => Some("the tags do not describe a node"),
-            Needs::Spec => None,
-        }
-    }
-
-    async fn connect_aws(&mut self) {
-        let (Some(identity), Some(spec)) = (&self.identity, &self.spec) else {
-            return;
-        };
-        if self.aws.is_some() {
-            return;
-        }
-        let sdk = kraken_aws::sdk_config(&identity.region, &tuning::aws(self.settings)).await;
-        let calls = kraken_aws::ApiCalls::default();
-        self.aws = Some(Aws {
-            ec2: kraken_aws::ec2_client(&sdk, &calls),
-            store: Store::from_settings(&self.settings.secrets, &spec.cluster, &sdk, &calls),
-            calls,
-        });
-    }
-
-    fn aws(&self) -> &Aws {
-        self.aws
-            .as_ref()
-            .expect("connect_aws runs before checks that need the spec")
-    }
-
-    fn spec(&self) -> &NodeSpec {
-        self.spec
-            .as_ref()
-            .expect("the runner skips checks whose spec is unknown")
-    }
-
-    fn identity(&self) -> &Identity {
-        self.identity
-            .as_ref()
-            .expect("the runner skips checks whose identity is unknown")
-    }
-
-    /// A token from the secret store, if this node may read it. A refusal
-    /// or an outage is not the asking check's finding: the `secrets` check
-    /// reports it.
-    async fn stored_token(&self, name: &str) -> Option<kraken_hashi::Token> {
-        let store = self.aws.as_ref()?.store.as_ref().ok()?;
-        store
-            .get(name)
-            .await
-            .ok()
-            .flatten()
-            .map(|s| kraken_hashi::Token::new(s.expose()))
     }
 }
 

@@ -7,7 +7,7 @@ use kraken_discovery::Ec2Peers;
 use kraken_identity::{ImdsIdentity, TagsSource};
 use kraken_secrets::{SecretStore, names};
 
-use super::{Check, Context, DEADLINE, Level};
+use super::check::{Check, Context, DEADLINE, Level};
 use crate::steps::{discovery as discovery_step, node};
 use crate::tuning;
 

@@ -59,12 +59,12 @@ tls {
 
 consul {
   address = "127.0.0.1:8501"
+  # Consul's CA, and no client certificate: Nomad reads this block only
+  # at start, and a certificate here would expire under it (docs/pki.md).
   ssl          = true
   verify_ssl   = true
   grpc_address = "127.0.0.1:8503"
   ca_file      = "/etc/consul.d/tls/ca.pem"
-  cert_file    = "/etc/consul.d/tls/consul.pem"
-  key_file     = "/etc/consul.d/tls/consul-key.pem"
 }
 
 acl {

@@ -44,6 +44,13 @@ tls {
     verify_server_hostname = true
   }
 
+  # The HTTPS API asks for no client certificate: ACL tokens guard it, and
+  # Nomad's link to Consul then outlives every renewal of the certificate
+  # it would present, which Nomad cannot reload (docs/pki.md).
+  https {
+    verify_incoming = false
+  }
+
   grpc {
     # Envoy sidecars and dataplanes authenticate with ACL tokens and check
     # the server against the CA.

@@ -27,6 +27,15 @@ server {
   }
 }
 
+# Rolling replacements (docs/operations.md): dead servers are removed once a
+# replacement is healthy, never below the expected count.
+autopilot {
+  cleanup_dead_servers      = true
+  min_quorum                = 3
+  server_stabilization_time = "10s"
+  last_contact_threshold    = "200ms"
+}
+
 # The cluster PKI (docs/pki.md): HTTPS and RPC with certificates both ways;
 # servers must prove they are server.<region>.nomad.
 tls {
@@ -43,12 +52,12 @@ tls {
 
 consul {
   address = "127.0.0.1:8501"
+  # Consul's CA, and no client certificate: Nomad reads this block only
+  # at start, and a certificate here would expire under it (docs/pki.md).
   ssl          = true
   verify_ssl   = true
   grpc_address = "127.0.0.1:8503"
   ca_file      = "/etc/consul.d/tls/ca.pem"
-  cert_file    = "/etc/consul.d/tls/consul.pem"
-  key_file     = "/etc/consul.d/tls/consul-key.pem"
 }
 
 acl {

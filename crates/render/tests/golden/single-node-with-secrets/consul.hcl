@@ -16,6 +16,15 @@ ui_config {
   enabled = true
 }
 
+# Rolling replacements (docs/operations.md): dead servers are removed once a
+# replacement is healthy, never below the expected count.
+autopilot {
+  cleanup_dead_servers      = true
+  min_quorum                = 1
+  server_stabilization_time = "10s"
+  last_contact_threshold    = "200ms"
+}
+
 # Gossip encryption key of the cluster (from the secret store).
 encrypt = "a3Jha2VuIGdvbGRlbiBmaWxlLCBub3QgYSBrZXkhISE="
 
@@ -50,6 +59,13 @@ tls {
 
   internal_rpc {
     verify_server_hostname = true
+  }
+
+  # The HTTPS API asks for no client certificate: ACL tokens guard it, and
+  # Nomad's link to Consul then outlives every renewal of the certificate
+  # it would present, which Nomad cannot reload (docs/pki.md).
+  https {
+    verify_incoming = false
   }
 
   grpc {

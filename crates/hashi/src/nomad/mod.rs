@@ -1,7 +1,10 @@
 use reqwest::Method;
 use serde::Deserialize;
 
+use crate::autopilot::AutopilotHealth;
 use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
+
+pub(crate) mod acl;
 
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]
@@ -109,56 +112,28 @@ impl Nomad {
     pub async fn nodes(&self) -> Result<Vec<NomadNode>, HashiError> {
         self.http.get_json("/v1/nodes").await
     }
-}
 
-/// What a Nomad ACL bootstrap attempt found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NomadBootstrap {
-    /// This call bootstrapped the cluster with the given secret.
-    Done,
-    /// The cluster was bootstrapped before (by us earlier, or by a person).
-    AlreadyDone,
-}
-
-impl Nomad {
-    /// `PUT /v1/acl/bootstrap` with a caller-chosen management secret, so
-    /// the secret can be stored before the cluster knows it.
-    pub async fn acl_bootstrap(&self, secret: &Token) -> Result<NomadBootstrap, HashiError> {
-        let body = serde_json::json!({ "BootstrapSecret": secret.expose() });
-        match self
-            .http
-            .send(
-                Method::PUT,
-                "/v1/acl/bootstrap",
-                Some(body.to_string().into_bytes()),
-                DEFAULT_TIMEOUT,
-            )
-            .await
-        {
-            Ok(_) => Ok(NomadBootstrap::Done),
-            Err(HashiError::Status {
-                status: 400, body, ..
-            }) if body.contains("bootstrap already done") => Ok(NomadBootstrap::AlreadyDone),
-            Err(e) => Err(e),
+    /// The attributes this agent's client node has fingerprinted, `None`
+    /// on an agent that runs no client (`node:read`).
+    pub async fn own_node_attributes(
+        &self,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, HashiError> {
+        let me = self.agent_self().await?;
+        let Some(id) = me["stats"]["client"]["node_id"].as_str() else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Node {
+            #[serde(rename = "Attributes", default)]
+            attributes: std::collections::BTreeMap<String, String>,
         }
+        let node: Node = self.http.get_json(&format!("/v1/node/{id}")).await?;
+        Ok(Some(node.attributes))
     }
 
-    /// Whether this client's token authenticates (`None`: Nomad does not
-    /// know it).
-    pub async fn acl_token_self(&self) -> Result<Option<serde_json::Value>, HashiError> {
-        match self.http.get_json("/v1/acl/token/self").await {
-            Ok(t) => Ok(Some(t)),
-            Err(HashiError::Status {
-                status: 403 | 404, ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn with_token(&self, token: Option<Token>) -> Nomad {
-        Nomad {
-            http: self.http.clone().with_token(token),
-        }
+    /// Autopilot's view of the servers (`operator:read`).
+    pub async fn autopilot_health(&self) -> Result<AutopilotHealth, HashiError> {
+        self.http.get_json("/v1/operator/autopilot/health").await
     }
 }
 

@@ -1,0 +1,189 @@
+//! One pass of the boot flow. Render → start → bootstrap → tokens → render
+//! again is inherent: the bootstrap needs Consul running, and makes the
+//! tokens the configs then carry. Nomad waits for its token, so that it
+//! starts once, with it (a restart of every Nomad server right after the
+//! bootstrap cost the clients that had registered a minute or more).
+
+use kraken_discovery::{Ec2Peers, Peers};
+use kraken_identity::{Identity, ImdsIdentity};
+use kraken_intent::NodeSpec;
+use kraken_render::Service;
+use kraken_secrets::Store;
+use serde_json::json;
+
+use super::state::{Agent, Converged};
+use crate::steps::pki::{self, LeafReport, NodeAuthorities};
+use crate::steps::secrets::SecretsMode;
+use crate::steps::{bootstrap, discovery, node, secrets, tokens};
+use crate::{BootError, clients, tuning};
+
+impl Agent {
+    pub(super) async fn converge(&mut self) -> Result<Converged, BootError> {
+        let settings = self.settings.clone();
+        // Steps 1 and 2.
+        self.say("starting", "reading instance identity from IMDS");
+        let provider = ImdsIdentity::new(tuning::imds(&settings), tuning::aws(&settings));
+        let identity = node::identity(&provider).await?;
+        self.record(
+            "identity",
+            json!({
+                "instance_id": identity.instance_id,
+                "region": identity.region,
+                "availability_zone": identity.availability_zone,
+                "private_ipv4": identity.private_ipv4,
+                "tags_source": identity.tags_source,
+            }),
+        );
+        let spec = node::intent(&identity, &settings)?;
+        self.record("intent", &spec);
+
+        // Step 3.
+        let sdk = kraken_aws::sdk_config(&identity.region, &tuning::aws(&settings)).await;
+        self.say("starting", "reading the cluster secrets");
+        let store = Store::from_settings(
+            &settings.secrets,
+            &spec.cluster,
+            &sdk,
+            &kraken_aws::ApiCalls::default(),
+        )?;
+        self.secrets = secrets::secrets(&store, &spec, &settings, SecretsMode::Boot).await?;
+
+        // Step 4.
+        let calls = kraken_aws::ApiCalls::default();
+        let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+        let peers = self.discover(&ec2, &spec, provider.ec2_calls()).await?;
+
+        // Steps 3 and 5 for certificates, then 5 for configs.
+        let (authorities, _) = self.certificates(&store, &identity, &spec).await?;
+        self.say("starting", "rendering configs");
+        self.render_and_install(&identity, &spec, &peers)?;
+
+        // Step 6 for Consul (and Docker: nothing of it waits on a token).
+        let units: Vec<&str> = [Service::Consul, Service::Docker, Service::Nomad]
+            .iter()
+            .filter(|s| self.runs(&spec, **s))
+            .map(|s| crate::steps::start::unit_of(&settings, *s))
+            .collect();
+        kraken_start::daemon_reload_if_needed(&self.manager, &units, &mut Default::default())
+            .await?;
+        let first: Vec<Service> = [Service::Consul, Service::Docker]
+            .into_iter()
+            .filter(|s| self.runs(&spec, *s))
+            .collect();
+        self.apply(&identity, &spec, &store, &first).await?;
+
+        // Step 7, Consul's half, then this node's own tokens once Consul
+        // knows them.
+        let progress = self.progress();
+        let report = bootstrap::consul_phase(
+            &settings,
+            &spec,
+            &identity.instance_id,
+            &store,
+            &self.secrets,
+            &progress,
+        )
+        .await?;
+        self.record("bootstrap", &report);
+        if !tokens::has_role_tokens(&spec, &self.secrets) {
+            self.say(
+                "waiting",
+                "waiting for this node's tokens (the cluster bootstrap makes them)",
+            );
+        }
+        let consul = clients::consul(&settings, None)?;
+        if tokens::fetch(&store, &spec, &settings, &consul, &mut self.secrets).await? {
+            self.render_and_install(&identity, &spec, &peers)?;
+            self.apply(&identity, &spec, &store, &[Service::Consul])
+                .await?;
+        }
+        self.record("tokens", json!({ "installed": true }));
+
+        // Step 6 for Nomad, with its token; then step 7, Nomad's half.
+        if spec.runs_nomad() {
+            self.apply(&identity, &spec, &store, &[Service::Nomad])
+                .await?;
+        }
+        let report = bootstrap::nomad_phase(
+            &settings,
+            &spec,
+            &identity.instance_id,
+            &store,
+            &self.secrets,
+            &progress,
+        )
+        .await?;
+        if report.is_some() {
+            self.record("bootstrap-nomad", &report);
+        }
+        Ok(Converged {
+            identity,
+            spec,
+            peers,
+            ec2,
+            authorities,
+            store,
+        })
+    }
+
+    pub(super) fn runs(&self, spec: &NodeSpec, service: Service) -> bool {
+        match service {
+            Service::Consul => true,
+            Service::Docker => spec.runs_docker(&self.settings.docker),
+            Service::Nomad => spec.runs_nomad(),
+            Service::Operator => false,
+        }
+    }
+
+    /// Step 4, until enough servers are found (or skipped for cloud
+    /// auto-join).
+    async fn discover(
+        &mut self,
+        ec2: &Ec2Peers,
+        spec: &NodeSpec,
+        identity_calls: u64,
+    ) -> Result<Peers, BootError> {
+        self.say(
+            "waiting",
+            &format!("discovering the servers of cluster {}", spec.cluster),
+        );
+        let peers = if discovery::uses_cloud_auto_join(spec, &self.settings) {
+            log::info!("discovery: left to Consul's and Nomad's cloud auto-join");
+            Peers::default()
+        } else {
+            let mut backoff = tuning::discovery_backoff(&self.settings);
+            let peers =
+                discovery::discover_until_enough(ec2, spec, &mut backoff, &self.progress()).await;
+            self.status.ec2_api_calls = ec2.api_calls() + identity_calls;
+            let peers = peers?;
+            log::info!(
+                "discovery: {} EC2 API calls so far",
+                self.status.ec2_api_calls
+            );
+            peers
+        };
+        self.record("discovery", &peers);
+        Ok(peers)
+    }
+
+    /// The node's intermediates and its leaf certificates, with TLS on.
+    pub(super) async fn certificates(
+        &mut self,
+        store: &Store,
+        identity: &Identity,
+        spec: &NodeSpec,
+    ) -> Result<(Option<NodeAuthorities>, Vec<LeafReport>), BootError> {
+        let authorities = if self.settings.tls.enabled {
+            self.say("starting", "reading this node's certificate authorities");
+            pki::authorities(store, spec, &self.settings, SecretsMode::Boot).await?
+        } else {
+            None
+        };
+        let leaves = match &authorities {
+            Some(a) => pki::ensure_leaves(identity, spec, &self.settings, a)?,
+            None => Vec::new(),
+        };
+        self.record("tls", &leaves);
+        Ok((authorities, leaves))
+    }
+}

@@ -1,0 +1,131 @@
+//! What `run` keeps between steps: the agent's state, what a convergence
+//! produced, and the helpers every step of `run` uses to report and to
+//! bring services to what is on disk.
+
+use std::collections::BTreeMap;
+
+use kraken_discovery::{Ec2Peers, Peers};
+use kraken_identity::Identity;
+use kraken_intent::NodeSpec;
+use kraken_ready::{Notifier, Status, StatusFile};
+use kraken_render::{Change, RenderSecrets, Service};
+use kraken_secrets::Store;
+use kraken_settings::Settings;
+use kraken_start::{StartReport, Systemctl};
+use serde_json::json;
+
+use crate::steps::applied::Applied;
+use crate::steps::apply::{Applier, Outcome};
+use crate::steps::pki::NodeAuthorities;
+use crate::steps::render;
+use crate::steps::restart::{self, RestartGate};
+use crate::{BootError, clients};
+
+pub(super) struct Agent {
+    pub settings: Settings,
+    pub manager: Systemctl,
+    /// What each running service has loaded.
+    pub applied: Applied,
+    /// What the configs carry, once converged.
+    pub secrets: RenderSecrets,
+    pub notifier: Notifier,
+    pub status_file: StatusFile,
+    pub status: Status,
+}
+
+/// What one convergence produced, for the watch loop.
+pub(super) struct Converged {
+    pub identity: Identity,
+    pub spec: NodeSpec,
+    pub peers: Peers,
+    pub ec2: Ec2Peers,
+    /// This node's intermediates, with TLS on: the watch loop renews the
+    /// leaf certificates with them.
+    pub authorities: Option<NodeAuthorities>,
+    pub store: Store,
+}
+
+impl Agent {
+    pub fn say(&mut self, phase: &str, text: &str) {
+        self.notifier.status(text);
+        self.status.phase = phase.into();
+        self.status.message = text.into();
+        self.status_file.write(&mut self.status);
+    }
+
+    pub fn record(&mut self, name: &str, detail: impl serde::Serialize) {
+        let detail = serde_json::to_value(detail).unwrap_or_default();
+        self.status.steps.insert(name.into(), detail);
+        self.status_file.write(&mut self.status);
+    }
+
+    /// A status callback for the steps' long waits.
+    pub fn progress(&self) -> impl Fn(&str) + Sync + use<> {
+        let notifier = self.notifier.clone();
+        move |s: &str| notifier.status(s)
+    }
+
+    pub fn render_and_install(
+        &mut self,
+        identity: &Identity,
+        spec: &NodeSpec,
+        peers: &Peers,
+    ) -> Result<Vec<(Service, Change)>, BootError> {
+        let files = render::render(identity, spec, peers, &self.settings, &self.secrets)?;
+        let changes = render::install(&files, None)?;
+        let detail: BTreeMap<_, _> = files
+            .iter()
+            .zip(&changes)
+            .map(|(f, (_, c))| (f.path.display().to_string(), json!(c)))
+            .collect();
+        self.record("render", detail);
+        Ok(changes)
+    }
+
+    /// Brings each of `services` to what is on disk (step 6), with this
+    /// node's server restarts under the cluster's restart lock.
+    pub async fn apply(
+        &mut self,
+        identity: &Identity,
+        spec: &NodeSpec,
+        store: &Store,
+        services: &[Service],
+    ) -> Result<BTreeMap<Service, Outcome>, BootError> {
+        let gate: Option<RestartGate> = restart::gate(
+            &self.settings,
+            spec,
+            &identity.instance_id,
+            store,
+            &self.secrets,
+        )
+        .await?;
+        let consul = clients::consul(&self.settings, None)?;
+        let nomad = clients::nomad(&self.settings, None)?;
+        let progress = self.progress();
+        let applier = Applier {
+            settings: &self.settings,
+            spec,
+            manager: &self.manager,
+            consul: &consul,
+            nomad: &nomad,
+            gate: gate.as_ref(),
+            private: identity.private_ipv4,
+            status: &progress,
+        };
+        let mut report = StartReport::default();
+        let mut outcomes = BTreeMap::new();
+        for service in services {
+            let outcome = applier
+                .apply(&mut self.applied, *service, &self.secrets, &mut report)
+                .await?;
+            if outcome != Outcome::Unchanged {
+                log::info!("{service:?}: {outcome:?}");
+            }
+            outcomes.insert(*service, outcome);
+        }
+        if outcomes.values().any(|o| *o != Outcome::Unchanged) {
+            self.record("start", &report);
+        }
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,142 @@
+//! The ACL policies and role tokens the bootstrap makes, and keeping the
+//! policies' rules those of the agent that runs: a newer agent updates them
+//! in place (as consul-k8s's server-acl-init does), an older one leaves a
+//! newer agent's rules alone, so a rolling upgrade does not flap them.
+
+use kraken_hashi::Consul;
+use kraken_secrets::names;
+
+use crate::error::BootstrapError;
+
+/// This agent's version, written into the policies it owns.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The anonymous token's policy.
+pub const DNS_POLICY: &str = "kraken-dns";
+
+/// The Consul ACL policies: name, description, rules (`@CLUSTER@` stands
+/// for the cluster's name).
+pub const POLICIES: [(&str, &str, &str); 5] = [
+    (
+        "kraken-agent",
+        "Consul agents of kraken nodes",
+        include_str!("../policies/kraken-agent.hcl"),
+    ),
+    (
+        "kraken-nomad-server",
+        "Nomad servers of kraken nodes",
+        include_str!("../policies/nomad-server.hcl"),
+    ),
+    (
+        "kraken-nomad-client",
+        "Nomad clients of kraken nodes",
+        include_str!("../policies/nomad-client.hcl"),
+    ),
+    (
+        DNS_POLICY,
+        "Anonymous DNS lookups",
+        include_str!("../policies/dns.hcl"),
+    ),
+    (
+        "kraken-server",
+        "The kraken agent's own work on servers",
+        include_str!("../policies/kraken-server.hcl"),
+    ),
+];
+
+/// The Consul role tokens: secret name, description, policy. None has an
+/// expiry (`docs/operations.md`, token policy): a token that expires takes
+/// the cluster down with it.
+pub const ROLE_TOKENS: [(&str, &str, &str); 4] = [
+    (names::CONSUL_AGENT, "kraken: Consul agents", "kraken-agent"),
+    (
+        names::CONSUL_NOMAD_SERVER,
+        "kraken: Nomad servers",
+        "kraken-nomad-server",
+    ),
+    (
+        names::CONSUL_NOMAD_CLIENT,
+        "kraken: Nomad clients",
+        "kraken-nomad-client",
+    ),
+    (
+        names::CONSUL_SERVER,
+        "kraken: the agent's own work on servers",
+        "kraken-server",
+    ),
+];
+
+/// The Nomad policy and token name of the agent's own calls on servers.
+pub const NOMAD_AGENT_POLICY: (&str, &str, &str) = (
+    "kraken-agent",
+    "The kraken agent on Nomad servers",
+    include_str!("../policies/nomad-agent.hcl"),
+);
+
+/// A policy's description as written: it names the agent version whose
+/// rules it holds.
+pub fn versioned(description: &str) -> String {
+    format!("{description} (rules of kraken-agent {AGENT_VERSION})")
+}
+
+/// The version a description names, as numbers; `None` for a policy no
+/// versioned agent wrote.
+pub fn version_of(description: &str) -> Option<Vec<u64>> {
+    let v = description
+        .rsplit_once("(rules of kraken-agent ")?
+        .1
+        .strip_suffix(')')?;
+    parse_version(v)
+}
+
+pub(crate) fn parse_version(v: &str) -> Option<Vec<u64>> {
+    // The numbers before any pre-release or build suffix.
+    let core = v.split(['-', '+']).next()?;
+    core.split('.').map(|n| n.parse().ok()).collect()
+}
+
+/// Creates the missing policies and brings the others to this agent's
+/// rules, unless a newer agent wrote them. `reader` needs `acl:read`,
+/// `writer` `acl:write` (used only when something must change). Returns
+/// the names of the policies it created or updated.
+pub async fn ensure(
+    reader: &Consul,
+    writer: &Consul,
+    cluster: &str,
+) -> Result<Vec<&'static str>, BootstrapError> {
+    let ours = parse_version(AGENT_VERSION).unwrap_or_default();
+    let mut changed = Vec::new();
+    for (name, description, rules) in POLICIES {
+        let rules = rules.replace("@CLUSTER@", cluster);
+        let existing = reader
+            .acl_policy_by_name(name)
+            .await
+            .map_err(BootstrapError::consul("read an ACL policy"))?;
+        match existing {
+            None => {
+                writer
+                    .acl_policy_ensure(name, &versioned(description), &rules)
+                    .await
+                    .map_err(BootstrapError::consul("create an ACL policy"))?;
+                changed.push(name);
+            }
+            Some(p) if p.rules.trim() == rules.trim() => {}
+            Some(p) => {
+                if version_of(&p.description).is_some_and(|theirs| theirs > ours) {
+                    log::info!(
+                        "ACL policy {name} holds a newer agent's rules ({}); leaving them",
+                        p.description
+                    );
+                    continue;
+                }
+                writer
+                    .acl_policy_update(&p.id, name, &versioned(description), &rules)
+                    .await
+                    .map_err(BootstrapError::consul("update an ACL policy"))?;
+                log::info!("ACL policy {name}: rules brought to kraken-agent {AGENT_VERSION}'s");
+                changed.push(name);
+            }
+        }
+    }
+    Ok(changed)
+}

@@ -1,0 +1,122 @@
+//! The bootstrap's steps and what it records of them in Consul KV.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// The two halves of the bootstrap: the Consul half needs a Consul server
+/// (it authenticates with the initial-management token), the Nomad half a
+/// Nomad server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Consul,
+    Nomad,
+}
+
+/// One bootstrap step. The order is the order they run in; steps a newer
+/// agent adds come after the ones of its phase, so a cluster bootstrapped
+/// by an older agent runs only them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    ConsulPolicies,
+    ConsulAgentToken,
+    ConsulNomadServerToken,
+    ConsulNomadClientToken,
+    ConsulAnonymousDns,
+    ConsulServerToken,
+    NomadAclBootstrap,
+    NomadAgentToken,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::ConsulPolicies,
+        Step::ConsulAgentToken,
+        Step::ConsulNomadServerToken,
+        Step::ConsulNomadClientToken,
+        Step::ConsulAnonymousDns,
+        Step::ConsulServerToken,
+        Step::NomadAclBootstrap,
+        Step::NomadAgentToken,
+    ];
+
+    /// As recorded in Consul: renaming one makes every cluster redo it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::ConsulPolicies => "consul-policies",
+            Step::ConsulAgentToken => "consul-token-agent",
+            Step::ConsulNomadServerToken => "consul-token-nomad-server",
+            Step::ConsulNomadClientToken => "consul-token-nomad-client",
+            Step::ConsulAnonymousDns => "consul-anonymous-dns",
+            Step::ConsulServerToken => "consul-token-server",
+            Step::NomadAclBootstrap => "nomad-acl-bootstrap",
+            Step::NomadAgentToken => "nomad-token-agent",
+        }
+    }
+
+    pub fn phase(self) -> Phase {
+        match self {
+            Step::NomadAclBootstrap | Step::NomadAgentToken => Phase::Nomad,
+            _ => Phase::Consul,
+        }
+    }
+}
+
+/// What is recorded under `kraken/<cluster>/bootstrap/state`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Names of the steps done.
+    pub done: BTreeSet<String>,
+    /// Who did what, in order: "<step> by <node> at <unix time>".
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// The Consul role tokens made, by secret name. A token Consul no
+    /// longer knows but recorded here with the stored secret was deleted
+    /// on purpose (revoked), not lost: lost tokens take the state with them.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Tokens replaced by a rotation, deleted once every holder has had
+    /// time to read the new secret.
+    #[serde(default)]
+    pub retired: Vec<Retired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub accessor: String,
+    /// SHA-256 of the SecretID, hex: tells the stored secret this token was
+    /// made with from a rotated one, without keeping the secret in KV.
+    pub secret_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    pub name: String,
+    pub accessor: String,
+    pub delete_after_unix: u64,
+}
+
+impl State {
+    pub fn is_done(&self, step: Step) -> bool {
+        self.done.contains(step.name())
+    }
+
+    pub fn phase_done(&self, phase: Phase) -> bool {
+        Step::ALL
+            .iter()
+            .filter(|s| s.phase() == phase)
+            .all(|s| self.is_done(*s))
+    }
+}
+
+pub(crate) fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(secret.as_bytes()))
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
