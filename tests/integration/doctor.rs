@@ -88,6 +88,29 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
             .unwrap()
             .contains("agent token valid")
     );
+    // Every TLS port serves the certificate on disk; Nomad reaches Consul.
+    let served = check(&checks, "served")["finding"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for port in [
+        "consul https",
+        "consul grpc-tls",
+        "consul rpc",
+        "nomad https",
+        "nomad rpc",
+    ] {
+        assert!(served.contains(port), "{port} in {served}");
+    }
+    assert!(!served.contains("NOT the file's"), "{served}");
+    assert!(
+        check(&checks, "nomad-consul")["finding"]
+            .as_str()
+            .unwrap()
+            .contains("Nomad has registered nomad for this node"),
+        "{:#}",
+        check(&checks, "nomad-consul")
+    );
 
     // A config edited by hand.
     let consul_hcl = node.dir.path().join("consul.d/consul.hcl");
@@ -158,6 +181,38 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         "{c:#}"
     );
     std::fs::remove_file(tls.join("old-ca.pem")).unwrap();
+
+    // A service still serving the certificate it loaded before its file
+    // changed (a reload that never reached it): the agent frozen, the
+    // Consul certificate file replaced by another of the cluster's.
+    let agent = nix::unistd::Pid::from_raw(node.child.id().unwrap() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (cert, key) = (tls.join("consul.pem"), tls.join("consul-key.pem"));
+    let (cert0, key0) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let nomad_tls = node.dir.path().join("nomad.d/tls");
+    std::fs::copy(nomad_tls.join("nomad-key.pem"), &key).unwrap();
+    std::fs::copy(nomad_tls.join("nomad.pem"), &cert).unwrap();
+    let (_, checks) = doctor(&node);
+    std::fs::write(&key, &key0).unwrap();
+    std::fs::write(&cert, &cert0).unwrap();
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let c = check(&checks, "served");
+    assert_eq!(c["level"], "fail", "{c:#}");
+    let finding = c["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("consul https") && finding.contains("NOT the file's"),
+        "{c:#}"
+    );
+    assert!(finding.contains("consul rpc"), "every TLS port: {c:#}");
+    assert!(
+        c["next"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl reload consul.service"),
+        "{c:#}"
+    );
+    let (_, checks) = doctor(&node);
+    assert_eq!(check(&checks, "served")["level"], "ok");
 
     // The node's intermediate gone from the store: named by the secrets
     // check (a node booting now would wait for it).

@@ -177,6 +177,11 @@ pub async fn boot(imds_outage: Duration) -> Node {
 
 /// [`boot`] with more agent.toml sections (`extra`) after the usual ones.
 pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
+    boot_as("consul-server,nomad-server", imds_outage, extra).await
+}
+
+/// [`boot_with`] for a node of `roles` (the `kraken:roles` tag).
+pub async fn boot_as(roles: &str, imds_outage: Duration, extra: &str) -> Node {
     let ip = LoopbackAddrs::allocate(1)[0];
     let [_, b, c, _] = ip.octets();
     let moto = Moto::start().await;
@@ -184,7 +189,7 @@ pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
     let subnet = loopback_subnet(&ec2, b, c).await;
     let node_tags = tags(&[
         ("kraken:cluster", CLUSTER),
-        ("kraken:roles", "consul-server,nomad-server"),
+        ("kraken:roles", roles),
         ("kraken:consul-servers", "1"),
         ("kraken:nomad-servers", "1"),
     ]);

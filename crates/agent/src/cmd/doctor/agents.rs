@@ -133,8 +133,8 @@ pub(super) async fn consul(ctx: &mut Context<'_>) -> Check {
             "consul",
             Level::Fail,
             format!("{finding}; Consul does not know this node's agent token"),
-            "the token was deleted in Consul; the agent on a Consul server recreates it within bootstrap.token_check_secs",
-            "consul acl token list | grep kraken; journalctl -u kraken-agent | grep 'recreated Consul tokens'",
+            "the token was deleted in Consul: a deleted role token stays deleted until its stored secret is rotated (docs/operations.md, Rotating a role token)",
+            "consul acl token list | grep kraken; journalctl -u kraken-agent | grep 'stays deleted'",
         ),
         Err(e) => Check::bad(
             "consul",

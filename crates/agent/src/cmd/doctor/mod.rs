@@ -14,6 +14,7 @@ mod check;
 mod cluster;
 mod host;
 mod node;
+mod served;
 
 use kraken_intent::NodeSpec;
 use kraken_settings::Settings;
@@ -55,14 +56,16 @@ enum Kind {
     Units,
     Consul,
     Nomad,
+    NomadConsul,
     Bootstrap,
     Tls,
+    Served,
     DockerDisk,
     Oom,
 }
 
 impl Kind {
-    const ALL: [Kind; 14] = [
+    const ALL: [Kind; 16] = [
         Kind::Imds,
         Kind::Tags,
         Kind::Aws,
@@ -73,8 +76,10 @@ impl Kind {
         Kind::Units,
         Kind::Consul,
         Kind::Nomad,
+        Kind::NomadConsul,
         Kind::Bootstrap,
         Kind::Tls,
+        Kind::Served,
         Kind::DockerDisk,
         Kind::Oom,
     ];
@@ -91,8 +96,10 @@ impl Kind {
             Kind::Units => "units",
             Kind::Consul => "consul",
             Kind::Nomad => "nomad",
+            Kind::NomadConsul => "nomad-consul",
             Kind::Bootstrap => "bootstrap",
             Kind::Tls => "tls",
+            Kind::Served => "served",
             Kind::DockerDisk => "docker-disk",
             Kind::Oom => "oom",
         }
@@ -110,7 +117,9 @@ impl Kind {
             | Kind::Units
             | Kind::Consul
             | Kind::Nomad
-            | Kind::Bootstrap => Needs::Spec,
+            | Kind::NomadConsul
+            | Kind::Bootstrap
+            | Kind::Served => Needs::Spec,
         }
     }
 
@@ -130,8 +139,13 @@ impl Kind {
                 timed("nomad", agents::nomad(ctx)).await
             }
             Kind::Nomad => return None,
+            Kind::NomadConsul if ctx.spec.as_ref().is_some_and(NodeSpec::runs_nomad) => {
+                timed("nomad-consul", served::nomad_consul(ctx)).await
+            }
+            Kind::NomadConsul => return None,
             Kind::Bootstrap => timed("bootstrap", cluster::bootstrap(ctx)).await,
             Kind::Tls => host::tls(ctx.settings),
+            Kind::Served => timed("served", served::tls_ports(ctx)).await,
             Kind::DockerDisk
                 if ctx
                     .spec
