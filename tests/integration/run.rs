@@ -176,3 +176,60 @@ async fn all_secrets(endpoint: &str) -> Vec<String> {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_failed_once_is_made_by_the_next_converge() {
+    let mut node = boot(Duration::ZERO).await;
+    let dir = node.dir.path().to_owned();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let consul_pid = read("consul.service.pid");
+
+    // A change only a restart applies (a template override with another
+    // log level), and a systemctl that fails that restart once.
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let embedded = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../render/templates/consul.hcl.hbs"),
+    )
+    .unwrap();
+    assert!(embedded.contains("log_level      = \"INFO\""));
+    std::fs::write(
+        templates.join("consul.hcl.hbs"),
+        embedded.replace("log_level      = \"INFO\"", "log_level      = \"DEBUG\""),
+    )
+    .unwrap();
+    let config = read("agent.toml").replacen(
+        "[paths]\n",
+        &format!("[paths]\ntemplates_dir = \"{}\"\n", templates.display()),
+        1,
+    );
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    std::fs::write(dir.join("fail-once-restart-consul.service"), "").unwrap();
+    let calls_before = read("calls.log").len();
+
+    // The first converge writes the config and fails to restart; the file
+    // is current from then on, and the next converge still restarts.
+    node.restart_agent(Duration::from_secs(240)).await;
+    assert!(!dir.join("fail-once-restart-consul.service").exists());
+    let calls = read("calls.log")[calls_before..].to_owned();
+    assert_eq!(
+        calls.matches("restart --no-block consul.service").count(),
+        2,
+        "{calls}"
+    );
+    assert!(read("consul.d/consul.hcl").contains("log_level      = \"DEBUG\""));
+    assert_ne!(read("consul.service.pid"), consul_pid, "Consul restarted");
+    assert!(
+        read("consul.service.log").contains("[DEBUG]"),
+        "the running Consul has the new config"
+    );
+    assert!(node.log().contains("fail-once"), "{}", node.log());
+    // A second restart of the agent, with nothing changed, touches nothing.
+    let calls_before = read("calls.log").len();
+    let consul_pid = read("consul.service.pid");
+    node.restart_agent(Duration::from_secs(120)).await;
+    let calls = read("calls.log")[calls_before..].to_owned();
+    assert!(!calls.contains("restart"), "{calls}");
+    assert!(!calls.contains("reload"), "{calls}");
+    assert_eq!(read("consul.service.pid"), consul_pid);
+}

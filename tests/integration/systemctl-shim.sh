@@ -34,6 +34,16 @@ stop() {
     kill -9 "$(cat "$pidfile")"
 }
 
+# A command that fails once: the file fail-once-<command>-<unit> in the
+# shim's directory is consumed by the first such call, which then fails as
+# systemctl does when a job cannot be queued.
+once="$dir/fail-once-$cmd-$unit"
+if [ -n "$unit" ] && [ -f "$once" ]; then
+    rm -f "$once"
+    echo "Job for $unit failed (systemctl-shim: fail-once)." >&2
+    exit 1
+fi
+
 case $cmd in
     show)
         case "$*" in

@@ -146,6 +146,54 @@ impl Node {
         moto_store(&self.moto.endpoint(), CLUSTER, TEST_KEY).await
     }
 
+    /// Stops this node's agent (SIGTERM, as systemd would) and starts a new
+    /// one with the same configuration, as `systemctl restart kraken-agent`
+    /// would; returns once it reports `READY=1`, or panics with its log.
+    pub async fn restart_agent(&mut self, ready_within: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let notify_path = self.dir.path().join("notify-again.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
+        let mut cmd = self.command(&["run"]);
+        cmd.env("NOTIFY_SOCKET", &notify_path)
+            .stdout(log("agent.log"))
+            .stderr(log("agent.err"));
+        self.child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let ready = tokio::time::timeout(ready_within, async {
+            loop {
+                let n = notify.recv(&mut buf).await.unwrap();
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "no READY=1 after the restart\n{}",
+            self.log()
+        );
+    }
+
     pub fn shim(&self, args: &[&str]) {
         let ok = std::process::Command::new(shim_path())
             .env("KRAKEN_SHIM_DIR", self.dir.path())
