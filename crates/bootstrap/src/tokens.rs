@@ -254,7 +254,9 @@ impl Bootstrap<'_> {
     /// The agent's own narrow Nomad token. Nomad chooses token secrets, so
     /// this cannot be write-ahead: the token is found by its name, and its
     /// secret stored after (a crash in between leaves a token the next
-    /// holder finds by name, never a second one).
+    /// holder finds by name, never a second one). The store is never
+    /// overwritten (IAM denies nodes every overwrite): a stored secret
+    /// Nomad no longer accepts is a person's to remove.
     pub(crate) async fn nomad_agent_token(&self) -> Result<(), BootstrapError> {
         let management = self
             .store
@@ -271,6 +273,22 @@ impl Bootstrap<'_> {
             .acl_policy_upsert(name, description, rules)
             .await
             .map_err(BootstrapError::nomad("write the agent's Nomad ACL policy"))?;
+        if let Some(stored) = self.store.get(names::NOMAD_AGENT).await? {
+            let works = nomad
+                .with_token(Some(Token::new(stored.expose())))
+                .acl_token_self()
+                .await
+                .map_err(BootstrapError::nomad("check the agent's Nomad token"))?;
+            return match works {
+                Some(_) => Ok(()),
+                None => Err(BootstrapError::NomadAgentTokenUnknown {
+                    location: self
+                        .store
+                        .location(names::NOMAD_AGENT)
+                        .unwrap_or_else(|_| names::NOMAD_AGENT.to_owned()),
+                }),
+            };
+        }
         let token = match nomad
             .acl_token_named(name)
             .await
@@ -282,10 +300,9 @@ impl Bootstrap<'_> {
                 .await
                 .map_err(BootstrapError::nomad("create the agent's Nomad token"))?,
         };
-        let secret = Secret::new(token.secret().expose());
-        if self.store.get(names::NOMAD_AGENT).await?.as_ref() != Some(&secret) {
-            self.store.put(names::NOMAD_AGENT, &secret).await?;
-        }
+        self.store
+            .create(names::NOMAD_AGENT, &Secret::new(token.secret().expose()))
+            .await?;
         Ok(())
     }
 }
