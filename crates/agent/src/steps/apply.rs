@@ -74,6 +74,25 @@ impl Applier<'_> {
         Ok((action, Some((instance, want))))
     }
 
+    /// Whether bringing `services` to what is on disk restarts a running
+    /// server (which then needs the restart gate).
+    pub async fn restarts_a_server(
+        &self,
+        applied: &Applied,
+        services: &[Service],
+        secrets: &RenderSecrets,
+    ) -> Result<bool, BootError> {
+        for service in services {
+            if self.server_system(*service).is_none() {
+                continue;
+            }
+            if let (Action::Restart, Some(_)) = self.action(applied, *service, secrets).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Brings `service` to what is on disk and records it. Returns what it
     /// did.
     pub async fn apply(

@@ -14,6 +14,7 @@
 
 pub mod applied;
 pub mod apply;
+pub mod autopilot;
 pub mod bootstrap;
 pub mod discovery;
 pub mod node;

@@ -128,6 +128,26 @@ impl Consul {
         self.http.get_json("/v1/agent/self").await
     }
 
+    /// Autopilot's configuration, as stored in Raft (`operator:read`).
+    pub async fn autopilot_config(&self) -> Result<serde_json::Value, HashiError> {
+        self.http
+            .get_json("/v1/operator/autopilot/configuration")
+            .await
+    }
+
+    /// Replaces autopilot's configuration (`operator:write`).
+    pub async fn set_autopilot_config(&self, config: &serde_json::Value) -> Result<(), HashiError> {
+        self.http
+            .send(
+                Method::PUT,
+                "/v1/operator/autopilot/configuration",
+                Some(config.to_string().into_bytes()),
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Autopilot's view of the servers (`operator:read`).
     pub async fn autopilot_health(&self) -> Result<AutopilotHealth, HashiError> {
         self.http.get_json("/v1/operator/autopilot/health").await

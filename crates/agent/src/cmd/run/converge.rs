@@ -11,7 +11,7 @@ use kraken_render::Service;
 use kraken_secrets::Store;
 use serde_json::json;
 
-use super::state::{Agent, Converged};
+use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::pki::{self, LeafReport, NodeAuthorities};
 use crate::steps::secrets::SecretsMode;
 use crate::steps::{bootstrap, discovery, node, secrets, tokens};
@@ -116,6 +116,7 @@ impl Agent {
         if report.is_some() {
             self.record("bootstrap-nomad", &report);
         }
+        let own = OwnTokens::read(&spec, &store).await?;
         Ok(Converged {
             identity,
             spec,
@@ -123,6 +124,7 @@ impl Agent {
             ec2,
             authorities,
             store,
+            own,
         })
     }
 

@@ -43,6 +43,35 @@ pub(super) struct Converged {
     /// leaf certificates with them.
     pub authorities: Option<NodeAuthorities>,
     pub store: Store,
+    /// The agent's own tokens on servers (routine calls never use a
+    /// management token), read at converge and at every token check.
+    pub own: OwnTokens,
+}
+
+#[derive(Default)]
+pub(super) struct OwnTokens {
+    pub consul_server: Option<kraken_secrets::Secret>,
+    pub nomad_agent: Option<kraken_secrets::Secret>,
+}
+
+impl OwnTokens {
+    pub async fn read(spec: &NodeSpec, store: &Store) -> Result<OwnTokens, BootError> {
+        use kraken_intent::Role;
+        use kraken_secrets::{SecretStore, names};
+        let server = spec.has(Role::ConsulServer) || spec.has(Role::NomadServer);
+        Ok(OwnTokens {
+            consul_server: if server {
+                store.get(names::CONSUL_SERVER).await?
+            } else {
+                None
+            },
+            nomad_agent: if spec.has(Role::NomadServer) {
+                store.get(names::NOMAD_AGENT).await?
+            } else {
+                None
+            },
+        })
+    }
 }
 
 impl Agent {
@@ -91,27 +120,36 @@ impl Agent {
         store: &Store,
         services: &[Service],
     ) -> Result<BTreeMap<Service, Outcome>, BootError> {
-        let gate: Option<RestartGate> = restart::gate(
-            &self.settings,
-            spec,
-            &identity.instance_id,
-            store,
-            &self.secrets,
-        )
-        .await?;
         let consul = clients::consul(&self.settings, None)?;
         let nomad = clients::nomad(&self.settings, None)?;
         let progress = self.progress();
-        let applier = Applier {
+        let mut applier = Applier {
             settings: &self.settings,
             spec,
             manager: &self.manager,
             consul: &consul,
             nomad: &nomad,
-            gate: gate.as_ref(),
+            gate: None,
             private: identity.private_ipv4,
             status: &progress,
         };
+        // The gate reads tokens from the store: only when a server restarts.
+        let gate: Option<RestartGate> = if applier
+            .restarts_a_server(&self.applied, services, &self.secrets)
+            .await?
+        {
+            restart::gate(
+                &self.settings,
+                spec,
+                &identity.instance_id,
+                store,
+                &self.secrets,
+            )
+            .await?
+        } else {
+            None
+        };
+        applier.gate = gate.as_ref();
         let mut report = StartReport::default();
         let mut outcomes = BTreeMap::new();
         for service in services {

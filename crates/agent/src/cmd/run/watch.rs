@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use kraken_hashi::{Consul, Nomad, Token};
 use kraken_intent::Role;
 use kraken_render::Service;
-use kraken_secrets::{SecretStore, names};
 use serde_json::json;
 
-use super::state::{Agent, Converged};
+use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::apply::Outcome;
-use crate::steps::{bootstrap, discovery, pki, tokens};
+use crate::steps::{autopilot, bootstrap, discovery, pki, tokens};
+use kraken_secrets::SecretStore;
+
 use crate::{BootError, clients};
 
 /// A period, give or take a tenth: nodes that booted together do not call
@@ -42,7 +43,14 @@ impl Agent {
             let mut rerender = false;
             if Instant::now() >= next_token_check {
                 next_token_check = Instant::now() + jittered(token_period);
+                match OwnTokens::read(&node.spec, &node.store).await {
+                    Ok(own) => node.own = own,
+                    Err(e) => {
+                        log::warn!("reading the agent's own tokens failed, trying later: {e}")
+                    }
+                }
                 self.upkeep(&node).await;
+                self.autopilot(&node).await;
                 match tokens::refresh(&node.store, &node.spec, &mut self.secrets).await {
                     Ok(true) => {
                         log::info!("this node's role tokens changed in the secret store (rotated)");
@@ -114,7 +122,7 @@ impl Agent {
         if !node.spec.has(Role::ConsulServer) {
             return;
         }
-        let reader = match self.own_consul(node).await {
+        let reader = match self.own_consul(node) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("token check: {e}");
@@ -143,23 +151,89 @@ impl Agent {
         }
     }
 
+    /// Autopilot's settings in Raft, on servers (see `steps::autopilot`):
+    /// read with the agent's own tokens, written with a management token
+    /// only when they differ.
+    async fn autopilot(&self, node: &Converged) {
+        let token = |s: &kraken_secrets::Secret| Some(Token::new(s.expose()));
+        if node.spec.has(Role::ConsulServer)
+            && let Some(read) = &node.own.consul_server
+            && let Ok(reader) = clients::consul(&self.settings, token(read))
+        {
+            let change = autopilot::consul_change(&reader, node.spec.consul_servers).await;
+            let write = self.secrets.initial_management.as_ref();
+            match (change, write) {
+                (Ok(Some(want)), Some(write)) => {
+                    let result = match clients::consul(&self.settings, token(write)) {
+                        Ok(writer) => writer
+                            .set_autopilot_config(&want)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match result {
+                        Ok(()) => log::info!(
+                            "Consul's autopilot configuration set for {} servers",
+                            node.spec.consul_servers
+                        ),
+                        Err(e) => log::warn!("setting Consul's autopilot configuration: {e}"),
+                    }
+                }
+                (Err(e), _) => log::warn!("reading Consul's autopilot configuration: {e}"),
+                _ => {}
+            }
+        }
+        if node.spec.has(Role::NomadServer)
+            && let Some(read) = &node.own.nomad_agent
+            && let Ok(reader) = clients::nomad(&self.settings, token(read))
+        {
+            match autopilot::nomad_change(&reader, node.spec.nomad_servers).await {
+                Ok(Some(want)) => {
+                    let write = node
+                        .store
+                        .get(kraken_secrets::names::NOMAD_MANAGEMENT)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let result = match write {
+                        Ok(Some(write)) => match clients::nomad(&self.settings, token(&write)) {
+                            Ok(writer) => writer
+                                .set_autopilot_config(&want)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Ok(None) => Err("Nomad's management token is not in the store".into()),
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(()) => log::info!(
+                            "Nomad's autopilot configuration set for {} servers",
+                            node.spec.nomad_servers
+                        ),
+                        Err(e) => log::warn!("setting Nomad's autopilot configuration: {e}"),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("reading Nomad's autopilot configuration: {e}"),
+            }
+        }
+    }
+
     /// The agent's own Consul client: the servers' token on servers, the
     /// agent token elsewhere; never the management token.
-    async fn own_consul(&self, node: &Converged) -> Result<Consul, BootError> {
-        let server = node.spec.has(Role::ConsulServer) || node.spec.has(Role::NomadServer);
-        let token = if server {
-            node.store.get(names::CONSUL_SERVER).await?
-        } else {
-            None
-        };
-        let token = token.or_else(|| self.secrets.consul_agent.clone());
+    fn own_consul(&self, node: &Converged) -> Result<Consul, BootError> {
+        let token = node
+            .own
+            .consul_server
+            .clone()
+            .or_else(|| self.secrets.consul_agent.clone());
         clients::consul(&self.settings, token.map(|t| Token::new(t.expose())))
     }
 
     /// When a service has no leader, join the servers EC2 knows now:
     /// replaced servers (new addresses) never strand a node.
     async fn rejoin(&self, node: &Converged) {
-        let Ok(consul) = self.own_consul(node).await else {
+        let Ok(consul) = self.own_consul(node) else {
             return;
         };
         if let Ok(None) = consul.leader().await {
@@ -173,7 +247,7 @@ impl Agent {
         if !node.spec.has(Role::NomadServer) {
             return;
         }
-        let token = node.store.get(names::NOMAD_AGENT).await.ok().flatten();
+        let token = node.own.nomad_agent.clone();
         let Ok(nomad): Result<Nomad, _> =
             clients::nomad(&self.settings, token.map(|t| Token::new(t.expose())))
         else {
