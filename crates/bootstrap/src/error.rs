@@ -27,11 +27,6 @@ pub enum BootstrapError {
          docs/operations.md) and restart kraken-agent"
     )]
     NomadBootstrappedByHand { location: String },
-    #[error(
-        "the agent's Nomad token stored at {location} is unknown to Nomad (deleted in Nomad?); \
-         delete that parameter, and the next Nomad server to boot makes the token again"
-    )]
-    NomadAgentTokenUnknown { location: String },
     #[error("stopped at the test crash point after step {step}")]
     CrashPoint { step: &'static str },
     #[error("bootstrap state at {key} is not valid JSON: {detail}")]
@@ -57,7 +52,6 @@ impl BootstrapError {
             BootstrapError::Secret(e) => e.is_transient(),
             BootstrapError::LeaseLost { .. } => true,
             BootstrapError::NomadBootstrappedByHand { .. }
-            | BootstrapError::NomadAgentTokenUnknown { .. }
             | BootstrapError::BadState { .. }
             | BootstrapError::CrashPoint { .. } => false,
         }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use kraken_hashi::{ANONYMOUS_TOKEN_ACCESSOR, Consul, Nomad};
+use kraken_hashi::{ANONYMOUS_TOKEN_ACCESSOR, Consul, Nomad, Token};
 use kraken_secrets::Store;
+use kraken_secrets::{SecretStore, names};
 use serde::Serialize;
 
 use crate::error::BootstrapError;
@@ -98,14 +99,15 @@ impl Bootstrap<'_> {
         let mut report = Report::default();
         let (state, _) = self.read_state().await?;
         report.consul_calls += 1;
-        if state.phase_done(phase) {
+        if self.settled(phase, &state).await? {
             return Ok(report);
         }
         let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = || calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stop = || async {
             count();
-            Ok::<bool, BootstrapError>(self.read_state().await?.0.phase_done(phase))
+            let (state, _) = self.read_state().await?;
+            self.settled(phase, &state).await
         };
         let acquired = Lease::acquire(
             &self.consul,
@@ -130,12 +132,60 @@ impl Bootstrap<'_> {
         result.map(|()| report)
     }
 
+    /// Whether `phase` needs nothing more. A Nomad phase recorded as done
+    /// is not settled when Nomad no longer knows the stored management
+    /// token: every Nomad server was replaced with its data, and Consul
+    /// (where the state lives) kept its own.
+    async fn settled(&self, phase: Phase, state: &State) -> Result<bool, BootstrapError> {
+        if !state.phase_done(phase) {
+            return Ok(false);
+        }
+        Ok(!(phase == Phase::Nomad && self.nomad_lost_its_acls().await?))
+    }
+
+    async fn nomad_lost_its_acls(&self) -> Result<bool, BootstrapError> {
+        let (Some(nomad), Some(management)) =
+            (&self.nomad, self.store.get(names::NOMAD_MANAGEMENT).await?)
+        else {
+            return Ok(false);
+        };
+        let known = nomad
+            .with_token(Some(Token::new(management.expose())))
+            .acl_token_self()
+            .await
+            .map_err(BootstrapError::nomad(
+                "check the stored Nomad management token",
+            ))?;
+        Ok(known.is_none())
+    }
+
     async fn run_held(
         &self,
         phase: Phase,
         lease: &mut Lease,
         report: &mut Report,
     ) -> Result<(), BootstrapError> {
+        let (state, index) = self.read_state().await?;
+        if state.phase_done(phase) && !self.settled(phase, &state).await? {
+            // Its steps are undone with Nomad's data: forget them, under
+            // the lease, and run them again.
+            log::warn!("Nomad no longer knows its management token: its ACL steps run again");
+            let mut state = state;
+            for step in Step::ALL.iter().filter(|s| s.phase() == phase) {
+                state.done.remove(step.name());
+            }
+            let body = serde_json::to_vec(&state).expect("state serialises");
+            if !self
+                .consul
+                .kv_cas(&self.state_key(), &body, index)
+                .await
+                .map_err(BootstrapError::consul("record a bootstrap step"))?
+            {
+                return Err(BootstrapError::LeaseLost {
+                    key: self.lock_key(),
+                });
+            }
+        }
         for step in Step::ALL.into_iter().filter(|s| s.phase() == phase) {
             // The state is re-read under the lease: the previous holder may
             // have done more than we saw while waiting.

@@ -255,8 +255,8 @@ impl Bootstrap<'_> {
     /// this cannot be write-ahead: the token is found by its name, and its
     /// secret stored after (a crash in between leaves a token the next
     /// holder finds by name, never a second one). The store is never
-    /// overwritten (IAM denies nodes every overwrite): a stored secret
-    /// Nomad no longer accepts is a person's to remove.
+    /// overwritten (IAM denies nodes every overwrite): a stored secret Nomad
+    /// no longer accepts is deleted, then stored anew.
     pub(crate) async fn nomad_agent_token(&self) -> Result<(), BootstrapError> {
         let management = self
             .store
@@ -279,15 +279,24 @@ impl Bootstrap<'_> {
                 .acl_token_self()
                 .await
                 .map_err(BootstrapError::nomad("check the agent's Nomad token"))?;
-            return match works {
-                Some(_) => Ok(()),
-                None => Err(BootstrapError::NomadAgentTokenUnknown {
-                    location: self
-                        .store
-                        .location(names::NOMAD_AGENT)
-                        .unwrap_or_else(|_| names::NOMAD_AGENT.to_owned()),
-                }),
-            };
+            if works.is_some() {
+                return Ok(());
+            }
+            // Nomad lost it (its servers replaced with their data): make it
+            // again. Under the lease, removing the stale secret first is safe;
+            // a reader in between waits for the new one.
+            log::warn!("the agent's Nomad token is unknown to Nomad; making it again");
+            if let Some(stale) = nomad
+                .acl_token_named(name)
+                .await
+                .map_err(BootstrapError::nomad("look up the agent's Nomad token"))?
+            {
+                nomad
+                    .acl_token_delete(&stale.accessor_id)
+                    .await
+                    .map_err(BootstrapError::nomad("delete a stale agent Nomad token"))?;
+            }
+            self.store.delete(names::NOMAD_AGENT).await?;
         }
         let token = match nomad
             .acl_token_named(name)

@@ -120,6 +120,19 @@ impl Nomad {
         }
     }
 
+    /// Deletes a token (`management`).
+    pub async fn acl_token_delete(&self, accessor_id: &str) -> Result<(), HashiError> {
+        self.http
+            .send(
+                Method::DELETE,
+                &format!("/v1/acl/token/{accessor_id}"),
+                None,
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Creates a client token with `policies` (`management`).
     pub async fn acl_token_create(
         &self,
