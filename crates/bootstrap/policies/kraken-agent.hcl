@@ -10,3 +10,9 @@ service_prefix "" {
 agent_prefix "" {
   policy = "write"
 }
+# The bootstrap state: which secret each role token was made with (digests,
+# never secrets), so a node re-reads its tokens from the secret store only
+# after a rotation.
+key "kraken/@CLUSTER@/bootstrap/state" {
+  policy = "read"
+}

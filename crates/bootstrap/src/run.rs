@@ -52,24 +52,11 @@ impl Bootstrap<'_> {
     }
 
     pub(crate) fn state_key(&self) -> String {
-        format!("kraken/{}/bootstrap/state", self.cluster)
+        crate::state::key(&self.cluster)
     }
 
     pub async fn read_state(&self) -> Result<(State, u64), BootstrapError> {
-        let (pair, _) = self
-            .consul
-            .kv_get(&self.state_key(), None)
-            .await
-            .map_err(BootstrapError::consul("read the bootstrap state"))?;
-        match pair {
-            None => Ok((State::default(), 0)),
-            Some(p) => serde_json::from_slice(&p.value)
-                .map(|s| (s, p.modify_index))
-                .map_err(|e| BootstrapError::BadState {
-                    key: self.state_key(),
-                    detail: e.to_string(),
-                }),
-        }
+        crate::state::read(&self.consul, &self.cluster).await
     }
 
     /// Runs `phase` to completion, unless another node already has. Waits

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kraken_hashi::Consul;
 use serde::{Deserialize, Serialize};
+
+use crate::error::BootstrapError;
 
 /// The two halves of the bootstrap: the Consul half needs a Consul server
 /// (it authenticates with the initial-management token), the Nomad half a
@@ -109,7 +112,33 @@ impl State {
     }
 }
 
-pub(crate) fn sha256_hex(secret: &str) -> String {
+/// Where a cluster's bootstrap state lives in Consul KV.
+pub fn key(cluster: &str) -> String {
+    format!("kraken/{cluster}/bootstrap/state")
+}
+
+/// The bootstrap state and its modify index (empty and 0 before the first
+/// step). Every node's agent token may read it: it holds digests and
+/// accessors, never a secret.
+pub async fn read(consul: &Consul, cluster: &str) -> Result<(State, u64), BootstrapError> {
+    let key = key(cluster);
+    let (pair, _) = consul
+        .kv_get(&key, None)
+        .await
+        .map_err(BootstrapError::consul("read the bootstrap state"))?;
+    match pair {
+        None => Ok((State::default(), 0)),
+        Some(p) => serde_json::from_slice(&p.value)
+            .map(|s| (s, p.modify_index))
+            .map_err(|e| BootstrapError::BadState {
+                key,
+                detail: e.to_string(),
+            }),
+    }
+}
+
+/// The digest a [`TokenRecord`] keeps of a token's secret.
+pub fn sha256_hex(secret: &str) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(secret.as_bytes()))
 }
