@@ -141,6 +141,11 @@ impl NomadClient {
   enabled           = true
   servers           = [{servers}]
   network_interface = "lo"
+  # A shared test machine's disk is often past Nomad's 80 % default: the
+  # client would then collect a finished allocation (and its logs) before
+  # a test reads them.
+  gc_disk_usage_threshold  = 99
+  gc_inode_usage_threshold = 99
 }}
 plugin "raw_exec" {{
   config {{
