@@ -1,7 +1,7 @@
 //! The bootstrap's pure logic: step order and phases, the recorded state,
 //! which failures are retried, and the policies the steps rely on. The
 //! protocol itself runs against real Consul, Nomad and SSM in
-//! `tests/integration/bootstrap.rs`.
+//! `tests/integration/bootstrap/`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! What the clients guarantee before any server is involved: tokens stay
 //! out of `Debug` output, addresses are checked, errors say what they are.
 //! The calls themselves run against real Consul and Nomad in
-//! `tests/integration/live_peers.rs` and `bootstrap.rs`.
+//! `tests/integration/live_peers/` and `bootstrap/`.
 
 use std::path::Path;
 

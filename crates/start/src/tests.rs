@@ -1,7 +1,7 @@
 //! The start step's decisions, with a service manager that records what it
 //! is asked (the trait's reason to exist), and `Systemctl` against a script
 //! standing in for systemctl: systemd is not PID 1 here (real systemd is in
-//! the VM cluster, real Consul and Nomad in `tests/integration/live_peers.rs`).
+//! the VM cluster, real Consul and Nomad in `tests/integration/live_peers/`).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
