@@ -5,6 +5,7 @@
 
 mod common;
 
+mod autopilot;
 mod boot;
 mod bootstrap;
 mod doctor;

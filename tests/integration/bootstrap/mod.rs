@@ -7,4 +7,5 @@
 mod cluster;
 mod exactly_once;
 mod faults;
+mod nomad_lost;
 mod tokens;

@@ -60,27 +60,22 @@ impl NomadServer {
             common_hcl(&format!("server-{ip}"), ip, &dir.path().join("data"))
         );
         let mut peer = spawn_agent("nomad-server", dir.path(), &config);
-        let url = url(ip);
-        let client = http_client();
-        let leader = poll(&format!("a leader at {url}"), START_TIMEOUT, || {
-            let alive = peer.check_running();
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                alive?;
-                Ok(
-                    match get_json(&client, &format!("{url}/v1/status/leader")).await {
-                        Ok(Value::String(l)) if !l.is_empty() => Ok(()),
-                        Ok(other) => Err(format!("no leader yet ({other})")),
-                        Err(e) => Err(e),
-                    },
-                )
-            }
-        })
-        .await;
-        if let Err(e) = leader {
-            panic!("nomad server on {ip} did not elect itself: {e:#}");
-        }
+        wait_for_leader(&mut peer, ip).await;
         NomadServer { peer, ip, dir }
+    }
+
+    /// The server killed, its data removed and a new one started at the
+    /// same address with the same config: an instance replaced with its
+    /// disk lost (Nomad's ACLs, jobs and keyring gone).
+    pub async fn replace_losing_data(&mut self) {
+        self.peer.kill();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data)
+            .unwrap_or_else(|e| panic!("removing {}: {e}", data.display()));
+        let config = std::fs::read_to_string(self.dir.path().join("nomad-server.hcl"))
+            .expect("the server's config");
+        self.peer = spawn_agent("nomad-server-replaced", self.dir.path(), &config);
+        wait_for_leader(&mut self.peer, self.ip).await;
     }
 
     pub fn ip(&self) -> Ipv4Addr {
@@ -255,6 +250,30 @@ fn spawn_agent(name: &str, dir: &Path, config: &str) -> Peer {
         .args(["agent", "-config"])
         .arg(&path)
         .spawn()
+}
+
+/// Until the server at `ip` has elected itself; panics with why not.
+async fn wait_for_leader(peer: &mut Peer, ip: Ipv4Addr) {
+    let url = url(ip);
+    let client = http_client();
+    let leader = poll(&format!("a leader at {url}"), START_TIMEOUT, || {
+        let alive = peer.check_running();
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            alive?;
+            Ok(
+                match get_json(&client, &format!("{url}/v1/status/leader")).await {
+                    Ok(Value::String(l)) if !l.is_empty() => Ok(()),
+                    Ok(other) => Err(format!("no leader yet ({other})")),
+                    Err(e) => Err(e),
+                },
+            )
+        }
+    })
+    .await;
+    if let Err(e) = leader {
+        panic!("nomad server on {ip} did not elect itself: {e:#}");
+    }
 }
 
 fn url(ip: Ipv4Addr) -> String {

@@ -1,7 +1,12 @@
-//! Step 6's vocabulary: which unit runs each service.
+//! Step 6's vocabulary: which unit runs each service, and whether Nomad's
+//! link to Consul works (its own registration).
 
+use kraken_hashi::{Consul, HashiError, HealthCheck};
+use kraken_intent::{NodeSpec, Role};
 use kraken_render::Service;
 use kraken_settings::Settings;
+
+use crate::{BootError, tuning};
 
 /// The systemd unit of a service the agent configures.
 pub fn unit_of(settings: &Settings, service: Service) -> &str {
@@ -11,4 +16,55 @@ pub fn unit_of(settings: &Settings, service: Service) -> &str {
         Service::Docker => &settings.docker.unit,
         Service::Operator => "",
     }
+}
+
+/// The service Nomad registers in Consul for itself on this node.
+pub fn nomad_service_name(spec: &NodeSpec) -> &'static str {
+    if spec.has(Role::NomadServer) {
+        "nomad"
+    } else {
+        "nomad-client"
+    }
+}
+
+/// The checks of Nomad's own service on `node`, as Consul holds them: empty
+/// until Nomad has registered, which it does only once its link to Consul
+/// (address, Consul's CA, its token) works.
+pub async fn nomad_registration(
+    consul: &Consul,
+    spec: &NodeSpec,
+    node: &str,
+) -> Result<Vec<HealthCheck>, HashiError> {
+    let name = nomad_service_name(spec);
+    let checks = consul.node_checks(node).await?;
+    Ok(checks
+        .into_iter()
+        .filter(|c| c.service_name == name)
+        .collect())
+}
+
+/// Until Nomad has registered itself in Consul: READY before that would
+/// name a node whose jobs' services cannot register yet (and `doctor`
+/// would warn about it).
+pub async fn wait_nomad_registered(
+    settings: &Settings,
+    consul: &Consul,
+    spec: &NodeSpec,
+    node: &str,
+) -> Result<(), BootError> {
+    let deadlines = tuning::deadlines(settings);
+    kraken_start::wait_for(
+        &format!("Nomad to register {} in Consul", nomad_service_name(spec)),
+        deadlines.answer,
+        deadlines.poll,
+        || async {
+            match nomad_registration(consul, spec, node).await {
+                Ok(checks) if !checks.is_empty() => Ok(Some(())),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .map_err(BootError::from)
 }

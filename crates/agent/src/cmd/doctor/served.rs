@@ -4,11 +4,11 @@
 //! Consul, shows here and nowhere on disk.
 
 use kraken_hashi::{ClientTls, Consul, Token};
-use kraken_intent::Role;
 use kraken_render::{Service, TlsFiles};
 
 use super::check::{Check, Context, Level};
 use crate::steps::served::{self, PortCheck};
+use crate::steps::start;
 
 fn life(secs: u64) -> String {
     if secs >= 2 * 86_400 {
@@ -161,18 +161,13 @@ pub(super) async fn nomad_consul(ctx: &mut Context<'_>) -> Check {
             );
         }
     }
-    let name = if spec.has(Role::NomadServer) {
-        "nomad"
-    } else {
-        "nomad-client"
-    };
+    let name = start::nomad_service_name(spec);
     let node = ctx.identity().instance_id.clone();
     // Nomad registered its service: its side of the link works. How Consul
     // finds Nomad (the checks) is the other direction, shown, not judged
     // here: a fresh registration is critical until its first check.
-    match as_nomad.node_checks(&node).await {
-        Ok(checks) => {
-            let nomad: Vec<_> = checks.iter().filter(|c| c.service_name == name).collect();
+    match start::nomad_registration(&as_nomad, spec, &node).await {
+        Ok(nomad) => {
             if nomad.is_empty() {
                 return Check::bad(
                     "nomad-consul",

@@ -5,6 +5,7 @@
 //! bootstrap cost the clients that had registered a minute or more).
 
 use kraken_discovery::{Ec2Peers, Peers};
+use kraken_hashi::Token;
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::NodeSpec;
 use kraken_render::Service;
@@ -14,7 +15,7 @@ use serde_json::json;
 use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::pki::{self, LeafReport, NodeAuthorities};
 use crate::steps::secrets::SecretsMode;
-use crate::steps::{bootstrap, discovery, node, secrets, tokens};
+use crate::steps::{bootstrap, discovery, node, secrets, start, tokens};
 use crate::{BootError, clients, tuning};
 
 impl Agent {
@@ -115,6 +116,12 @@ impl Agent {
         .await?;
         if report.is_some() {
             self.record("bootstrap-nomad", &report);
+        }
+        if spec.runs_nomad() {
+            self.say("starting", "waiting for Nomad to register in Consul");
+            let token = self.secrets.consul_agent.as_ref();
+            let agent = clients::consul(&settings, token.map(|t| Token::new(t.expose())))?;
+            start::wait_nomad_registered(&settings, &agent, &spec, &identity.instance_id).await?;
         }
         let own = OwnTokens::read(&spec, &store).await?;
         Ok(Converged {
