@@ -89,6 +89,15 @@ pub fn template_names() -> impl Iterator<Item = &'static str> {
     TEMPLATES.iter().map(|t| t.name)
 }
 
+/// The embedded template `name` (one of [`template_names`]): where an
+/// override starts from.
+pub fn embedded_template(name: &str) -> Option<&'static str> {
+    TEMPLATES
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.embedded)
+}
+
 /// One config file, rendered and not yet written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RenderedFile {

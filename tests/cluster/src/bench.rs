@@ -1,202 +1,34 @@
 //! `cluster bench`: the same VMs booted twice, once joined by the agent's
 //! own discovery, once by Consul's and Nomad's cloud auto-join pointed at
-//! moto, everything else equal. EC2 calls are counted by a proxy in front
-//! of moto, per VM address and action, so both variants are counted the same
-//! way (go-discover's calls included).
+//! moto, everything else equal (each `--runs` times). EC2 calls are counted
+//! by a proxy in front of moto ([`crate::ec2proxy`]), per VM address and
+//! action, so both variants are counted the same way (go-discover's calls
+//! included). Each node's time to READY, and their distribution over all
+//! boots of a variant.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::cluster::{self, Cluster, MOTO_PORT, Paths};
+use crate::cluster::{self, Cluster, Paths};
+use crate::ec2proxy::{Counts, DUALSTACK_EC2, PROXY_PORT, describe_by_ip};
 use crate::host;
 use crate::topology::Topology;
+use crate::traffic::{self, Traffic};
 
-const PROXY_PORT: u16 = 5002;
-
-/// go-discover v1.1.0 (Consul's and Nomad's auto-join) forces EC2's
-/// dual-stack endpoint and refuses a custom endpoint with it ("Dualstack and
-/// custom endpoint are not supported"), so in the auto-join run the VMs
-/// resolve this name to the proxy, which serves it over TLS with a
-/// certificate from a CA the VMs trust; nothing else changes.
-const DUALSTACK_EC2: &str = "ec2.us-east-1.api.aws";
-
-/// A test CA and a certificate for [`DUALSTACK_EC2`]: (CA PEM, cert PEM,
-/// key PEM).
-fn dualstack_certificate() -> Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "kraken cluster bench CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![DUALSTACK_EC2.to_owned()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), leaf.pem(), key.serialize_pem()))
+/// Which ways of finding the servers to boot with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Discovery {
+    Agent,
+    AutoJoin,
+    Both,
 }
 
-/// The caller's address, on either listener.
-#[derive(Clone, Copy)]
-struct Peer(SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// axum's listener over TLS: handshakes inline (a handful of VMs).
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, peer)) = self.tcp.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-async fn start_tls_proxy(proxy: Proxy, cert_pem: &str, key_pem: &str) -> Result<()> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    let listener = TlsListener {
-        tcp: tokio::net::TcpListener::bind((host::HUB_IP, 443))
-            .await
-            .context("binding the TLS proxy")?,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    };
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await;
-    });
-    Ok(())
-}
-
-/// Calls per (client address, action).
-type Counts = Arc<Mutex<BTreeMap<(String, String), u64>>>;
-
-#[derive(Clone)]
-struct Proxy {
-    counts: Counts,
-    http: reqwest::Client,
-}
-
-/// The API action of a request: `Action=` of a query-protocol body (EC2),
-/// or the JSON protocol's `X-Amz-Target` (SSM).
-fn action(headers: &HeaderMap, body: &[u8]) -> String {
-    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
-        return target.rsplit('.').next().unwrap_or(target).to_owned();
-    }
-    String::from_utf8_lossy(body)
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("Action="))
-        .unwrap_or("?")
-        .to_owned()
-}
-
-async fn forward(
-    State(proxy): State<Proxy>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let name = action(&headers, &body);
-    *proxy
-        .counts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry((peer.ip().to_string(), name))
-        .or_default() += 1;
-    let url = format!(
-        "http://{}:{MOTO_PORT}{}",
-        host::HUB_IP,
-        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-    );
-    let mut req = proxy.http.request(method, url).body(body);
-    for (k, v) in &headers {
-        if k != "host" && k != "content-length" {
-            req = req.header(k, v);
-        }
-    }
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let mut out = HeaderMap::new();
-            for (k, v) in resp.headers() {
-                if k != "content-length" && k != "transfer-encoding" {
-                    out.insert(k, v.clone());
-                }
-            }
-            let bytes = resp.bytes().await.unwrap_or_default();
-            (status, out, bytes).into_response()
-        }
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    }
-}
-
-/// The counting proxy, in plain HTTP on [`PROXY_PORT`] and as the
-/// dual-stack EC2 endpoint on 443.
-async fn start_proxy(cert_pem: &str, key_pem: &str) -> Result<Counts> {
-    let counts = Counts::default();
-    let proxy = Proxy {
-        counts: counts.clone(),
-        http: reqwest::Client::builder().no_proxy().build()?,
-    };
-    start_tls_proxy(proxy.clone(), cert_pem, key_pem).await?;
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    let listener = tokio::net::TcpListener::bind((host::HUB_IP, PROXY_PORT))
-        .await
-        .context("binding the counting proxy")?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await;
-    });
-    Ok(counts)
+pub struct Bench {
+    pub topology: Topology,
+    pub runs: u32,
+    pub discovery: Discovery,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,28 +66,22 @@ fn longest_wait(log: &[(f64, String)]) -> Option<(f64, String)> {
 #[derive(Debug, Serialize)]
 struct Run {
     variant: &'static str,
+    /// 1, 2, ... among the boots of this variant.
+    boot: u32,
     /// From the first VM's start until every cluster check passed.
     cluster_ready_s: f64,
     /// Until the web job's two instances answered through Consul.
     web_ready_s: f64,
+    /// The web service requested through Consul from the moment it
+    /// answered until the end of the minute after READY.
+    web_traffic: traffic::Figures,
     nodes: Vec<NodeFigures>,
-}
-
-fn describe_by_ip(counts: &Counts) -> BTreeMap<String, u64> {
-    let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    let mut by_ip = BTreeMap::new();
-    for ((ip, action), n) in counts.iter() {
-        if action == "DescribeInstances" {
-            *by_ip.entry(ip.clone()).or_default() += n;
-        }
-    }
-    by_ip
 }
 
 async fn one_run(
     paths: &Paths,
     topology: Topology,
-    auto_join: bool,
+    (auto_join, boot): (bool, u32),
     counts: &Counts,
     ca_pem: &str,
 ) -> Result<Run> {
@@ -287,7 +113,7 @@ async fn one_run(
     } else {
         "kraken-agent discovery"
     };
-    cluster.log(format!("bench: {variant}"));
+    cluster.log(format!("bench: {variant}, boot {boot}"));
     let started = Instant::now();
     let groups: Vec<&'static str> = cluster.groups.iter().map(|g| g.name).collect();
     for g in groups {
@@ -301,10 +127,12 @@ async fn one_run(
     cluster.deploy_web().await?;
     cluster.wait_web(Duration::from_secs(180)).await?;
     let web_ready_s = started.elapsed().as_secs_f64();
+    let users = Traffic::start(&cluster, cluster.tokens().await?, 2);
     // The steady state: a minute after the cluster was ready.
     let minute_after = Duration::from_secs_f64(cluster_ready_s) + Duration::from_secs(60);
     tokio::time::sleep(minute_after.saturating_sub(started.elapsed())).await;
     let after = describe_by_ip(counts);
+    let web_traffic = users.finish().await;
     let nodes = cluster
         .vms
         .iter()
@@ -329,60 +157,162 @@ async fn one_run(
     cluster.destroy();
     Ok(Run {
         variant,
+        boot,
         cluster_ready_s,
         web_ready_s,
+        web_traffic,
         nodes,
     })
 }
 
-/// Runs both variants on fresh clusters in the same hub; prints JSON on
-/// stdout and a table on stderr. The caller has prepared the hub and tears
-/// down.
-pub async fn bench(paths: Paths, topology: Topology) -> Result<bool> {
-    let (ca, cert, key) = dualstack_certificate()?;
-    let counts = start_proxy(&cert, &key).await?;
-    let first = one_run(&paths, topology, false, &counts, &ca).await?;
-    let second = one_run(&paths, topology, true, &counts, &ca).await?;
-    let runs = [first, second];
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&serde_json::json!({
-            "topology": topology.name(),
-            "runs": runs,
-        }))?
-    );
-    for run in &runs {
-        eprintln!(
-            "\n{}: cluster ready {:.1}s, web answering {:.1}s",
-            run.variant, run.cluster_ready_s, run.web_ready_s
-        );
-        eprintln!(
-            "  {:<10} {:<28} {:>8} {:>14} {:>14} {:>9}",
-            "node", "roles", "READY s", "DescrInst→rdy", "DescrInst/min", "RSS MiB"
-        );
-        for n in &run.nodes {
-            eprintln!(
-                "  {:<10} {:<28} {:>8} {:>14} {:>14} {:>9}",
-                n.name,
-                n.roles,
-                n.ready_s.map(|s| format!("{s:.0}")).unwrap_or("-".into()),
-                n.describe_instances_to_ready,
-                n.describe_instances_next_minute,
-                n.agent_peak_rss_mib
-                    .map(|m| format!("{m:.1}"))
-                    .unwrap_or("-".into()),
-            );
-            if let Some((secs, after)) = &n.longest_wait {
-                eprintln!("      longest wait {secs:.1}s, after: {after}");
+/// Each node's time to READY over every boot of a variant.
+#[derive(Debug, Serialize, PartialEq)]
+struct ReadyDistribution {
+    variant: &'static str,
+    boots: usize,
+    nodes: usize,
+    min_s: f64,
+    median_s: f64,
+    p90_s: f64,
+    max_s: f64,
+    over_30s: usize,
+    /// Nodes that never reported READY.
+    missing: usize,
+}
+
+/// The value below which `q` of the sorted `values` lie (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn distribution(variant: &'static str, runs: &[&Run]) -> ReadyDistribution {
+    let all: Vec<Option<f64>> = runs
+        .iter()
+        .flat_map(|r| r.nodes.iter().map(|n| n.ready_s))
+        .collect();
+    let mut ready: Vec<f64> = all.iter().flatten().copied().collect();
+    ready.sort_by(f64::total_cmp);
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    ReadyDistribution {
+        variant,
+        boots: runs.len(),
+        nodes: all.len(),
+        min_s: round(ready.first().copied().unwrap_or(0.0)),
+        median_s: round(quantile(&ready, 0.5)),
+        p90_s: round(quantile(&ready, 0.9)),
+        max_s: round(ready.last().copied().unwrap_or(0.0)),
+        over_30s: ready.iter().filter(|s| **s > 30.0).count(),
+        missing: all.iter().filter(|s| s.is_none()).count(),
+    }
+}
+
+impl Bench {
+    /// Runs the variants on fresh clusters in the same hub, `runs` times
+    /// each, alternating; prints JSON on stdout and a table on stderr. The
+    /// caller has prepared the hub and tears down.
+    pub async fn run(self, paths: Paths) -> Result<bool> {
+        let (ca, cert, key) = crate::ec2proxy::dualstack_certificate()?;
+        let counts = crate::ec2proxy::start_proxy(&cert, &key).await?;
+        let variants: &[bool] = match self.discovery {
+            Discovery::Agent => &[false],
+            Discovery::AutoJoin => &[true],
+            Discovery::Both => &[false, true],
+        };
+        let mut runs = Vec::new();
+        for boot in 1..=self.runs {
+            for &auto_join in variants {
+                runs.push(one_run(&paths, self.topology, (auto_join, boot), &counts, &ca).await?);
             }
         }
+        let names = ["kraken-agent discovery", "cloud auto-join"];
+        let ready: Vec<ReadyDistribution> = names
+            .iter()
+            .map(|v| {
+                distribution(
+                    v,
+                    &runs.iter().filter(|r| r.variant == *v).collect::<Vec<_>>(),
+                )
+            })
+            .filter(|d| d.boots > 0)
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "topology": self.topology.name(),
+                "runs": runs,
+                "ready": ready,
+            }))?
+        );
+        for run in &runs {
+            print_run(run);
+        }
+        for d in &ready {
+            eprintln!(
+                "\n{}: READY over {} boots ({} nodes): min {}s, median {}s, p90 {}s, max {}s; \
+                 {} over 30 s, {} never",
+                d.variant,
+                d.boots,
+                d.nodes,
+                d.min_s,
+                d.median_s,
+                d.p90_s,
+                d.max_s,
+                d.over_30s,
+                d.missing
+            );
+        }
+        Ok(true)
     }
-    Ok(true)
+}
+
+fn print_run(run: &Run) {
+    eprintln!(
+        "\n{} (boot {}): cluster ready {:.1}s, web answering {:.1}s, {} web requests, {} failed",
+        run.variant,
+        run.boot,
+        run.cluster_ready_s,
+        run.web_ready_s,
+        run.web_traffic.requests,
+        run.web_traffic.failed_requests
+    );
+    eprintln!(
+        "  {:<10} {:<28} {:>8} {:>14} {:>14} {:>9}",
+        "node", "roles", "READY s", "DescrInst→rdy", "DescrInst/min", "RSS MiB"
+    );
+    for n in &run.nodes {
+        eprintln!(
+            "  {:<10} {:<28} {:>8} {:>14} {:>14} {:>9}",
+            n.name,
+            n.roles,
+            n.ready_s.map(|s| format!("{s:.0}")).unwrap_or("-".into()),
+            n.describe_instances_to_ready,
+            n.describe_instances_next_minute,
+            n.agent_peak_rss_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or("-".into()),
+        );
+        if let Some((secs, after)) = &n.longest_wait {
+            eprintln!("      longest wait {secs:.1}s, after: {after}");
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::longest_wait;
+    use super::{longest_wait, quantile};
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 5.0);
+        assert_eq!(quantile(&v, 0.9), 9.0);
+        assert_eq!(quantile(&v[..1], 0.9), 1.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
 
     #[test]
     fn the_longest_wait_is_before_ready() {

@@ -4,16 +4,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{self, Api, Check, Node, Tokens};
+use crate::api::{self, Api, Tokens};
+use crate::checks::{self, Check, Node};
 use crate::cloud::{self, Cloud};
 use crate::host;
 use crate::topology::{CLUSTER, Group, Topology};
 use crate::vm::{Launch, UserData, Vm};
+use crate::web;
 
 pub const MOTO_PORT: u16 = 5000;
 
@@ -66,7 +69,7 @@ pub struct Cluster {
     pub vms: Vec<Vm>,
     /// What every VM gets unless a launch says otherwise.
     pub user_data: UserData,
-    pub api: Api,
+    pub api: Arc<Api>,
     started: Instant,
 }
 
@@ -76,7 +79,7 @@ pub struct Cluster {
 /// pull an image from); Docker runs on the clients as it would on AWS.
 pub fn default_user_data(endpoint: &str) -> UserData {
     // Plain HTTP only when asked (`--no-tls`): TLS is the agent's default.
-    let tls = if checks::tls() {
+    let tls = if api::tls() {
         ""
     } else {
         "[tls]\nenabled = false\n\n"
@@ -144,7 +147,7 @@ impl Cluster {
             moto_pid,
             next_address: 10,
             vms: Vec::new(),
-            api: Api::new(),
+            api: Arc::new(Api::new()),
             started,
         };
         cluster.save()?;
@@ -169,7 +172,7 @@ impl Cluster {
             moto_pid: state.moto_pid,
             next_address: state.next_address,
             vms: state.vms,
-            api: Api::new(),
+            api: Arc::new(Api::new()),
             started: Instant::now(),
         })
     }
@@ -299,7 +302,7 @@ impl Cluster {
     }
 
     pub fn ensure_tls(&self) -> Result<()> {
-        if !checks::tls() || self.api.has_tls_material() {
+        if !api::tls() || self.api.has_tls_material() {
             return Ok(());
         }
         let mut last = anyhow::anyhow!("no VM is running");
@@ -402,7 +405,7 @@ impl Cluster {
             .api
             .send_json(
                 reqwest::Method::POST,
-                &checks::nomad_url(&nomad, "/v1/jobs/parse"),
+                &api::nomad_url(&nomad, "/v1/jobs/parse"),
                 header,
                 &serde_json::json!({ "JobHCL": hcl, "Canonicalize": true }),
             )
@@ -410,7 +413,7 @@ impl Cluster {
         self.api
             .send_json(
                 reqwest::Method::POST,
-                &checks::nomad_url(&nomad, "/v1/jobs"),
+                &api::nomad_url(&nomad, "/v1/jobs"),
                 header,
                 &serde_json::json!({ "Job": job }),
             )
@@ -420,13 +423,13 @@ impl Cluster {
     }
 
     /// Waits until both web instances answer through Consul.
-    pub async fn wait_web(&self, timeout: Duration) -> Result<Vec<checks::WebAnswer>> {
+    pub async fn wait_web(&self, timeout: Duration) -> Result<Vec<web::WebAnswer>> {
         let tokens = self.tokens().await?;
         let consul = self.first_address(Group::is_consul_server)?;
         let nomad = self.first_address(Group::is_nomad_server)?;
         let deadline = Instant::now() + timeout;
         loop {
-            match checks::web(&self.api, &consul, &nomad, &tokens, 2).await {
+            match web::web(&self.api, &consul, &nomad, &tokens, 2).await {
                 Ok(answers) => return Ok(answers),
                 Err(e) if Instant::now() > deadline => {
                     return Err(e.context(format!(
@@ -438,66 +441,6 @@ impl Cluster {
             }
         }
     }
-
-    /// No secret of the store appears in any VM's kraken-agent journal,
-    /// including VMs that were killed.
-    pub async fn check_journals(&self) -> Result<String> {
-        let secrets = self.cloud.secrets(CLUSTER).await?;
-        if secrets.is_empty() {
-            bail!("the secret store is empty: nothing to look for");
-        }
-        let mut lines = 0;
-        for vm in &self.vms {
-            let journal = vm
-                .agent_journal()
-                .with_context(|| format!("journal of {}", vm.name))?;
-            if journal.trim().is_empty() {
-                bail!("{}: the kraken-agent journal is empty", vm.name);
-            }
-            lines += journal.lines().count();
-            for (name, value) in &secrets {
-                // Named, never quoted: CI logs are not a place for secrets.
-                if secret_needles(value).any(|n| journal.contains(n)) {
-                    bail!(
-                        "{}: the kraken-agent journal contains (part of) the secret {name}",
-                        vm.name
-                    );
-                }
-            }
-        }
-        Ok(format!(
-            "{} secrets absent from {lines} journal lines of {} VMs",
-            secrets.len(),
-            self.vms.len()
-        ))
-    }
-}
-
-/// What of a secret must never be logged: the value, or for a PEM bundle
-/// (the PKI's, certificates and key together) each line of its private key
-/// (a log line would hold a line, not the bundle; certificates are public).
-fn secret_needles(value: &str) -> impl Iterator<Item = &str> {
-    let pem = value.contains("-----BEGIN");
-    let mut in_key = false;
-    let lines: Vec<&str> = if pem {
-        value
-            .lines()
-            .filter(|l| {
-                if l.starts_with("-----BEGIN") {
-                    in_key = l.contains("PRIVATE KEY");
-                    return false;
-                }
-                if l.starts_with("-----END") {
-                    in_key = false;
-                    return false;
-                }
-                in_key && l.len() >= 16
-            })
-            .collect()
-    } else {
-        vec![value]
-    };
-    lines.into_iter()
 }
 
 /// Everything under `root` goes: VMs, moto, namespaces, mounts.

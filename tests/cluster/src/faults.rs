@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::checks;
+use crate::api;
 use crate::cluster::Cluster;
 use crate::doctor::{self, Expect, Level};
 use crate::vm::Vm;
@@ -284,7 +284,7 @@ pub async fn doctor_round(cluster: &mut Cluster) -> Result<()> {
     }
     cluster.log("doctor: every node all ok");
     for fault in FAULTS {
-        if fault.tls_only && !checks::tls() {
+        if fault.tls_only && !api::tls() {
             continue;
         }
         run(cluster, fault).await?;
@@ -394,7 +394,7 @@ async fn apply(cluster: &mut Cluster, at: usize, change: &Change, saved: &mut Sa
                 .api
                 .send_json(
                     reqwest::Method::PUT,
-                    &checks::consul_url(&server, "/v1/acl/token"),
+                    &api::consul_url(&server, "/v1/acl/token"),
                     ("X-Consul-Token", &management),
                     &body,
                 )
@@ -430,7 +430,7 @@ async fn delete_agent_token(cluster: &Cluster) -> Result<(String, String, serde_
     let token = cluster
         .api
         .get_ok(
-            &checks::consul_url(&server, "/v1/acl/token/self"),
+            &api::consul_url(&server, "/v1/acl/token/self"),
             Some(("X-Consul-Token", &agent_secret)),
         )
         .await?;
@@ -442,7 +442,7 @@ async fn delete_agent_token(cluster: &Cluster) -> Result<(String, String, serde_
         .api
         .send_json(
             reqwest::Method::DELETE,
-            &checks::consul_url(&server, &format!("/v1/acl/token/{accessor}")),
+            &api::consul_url(&server, &format!("/v1/acl/token/{accessor}")),
             ("X-Consul-Token", &tokens.consul),
             &serde_json::Value::Null,
         )

@@ -7,16 +7,26 @@
 //! moves into the cluster's hub namespace, so everything it reaches is an
 //! address inside namespaces it made.
 
+mod api;
 mod bench;
+mod certs;
 mod checks;
 mod cloud;
 mod cluster;
 mod doctor;
+mod ec2proxy;
 mod faults;
 mod host;
+mod journals;
+mod monitor;
+mod policy;
 mod scenario;
+mod soak;
 mod topology;
+mod traffic;
+mod upgrade;
 mod vm;
+mod web;
 
 use std::process::ExitCode;
 
@@ -56,12 +66,28 @@ enum Command {
     Bench {
         #[arg(long, value_enum, default_value = "small")]
         topology: Topology,
+        /// Boots per variant.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        #[arg(long, value_enum, default_value = "both")]
+        discovery: bench::Discovery,
     },
+    /// Certificate renewals under load on a fresh small cluster with
+    /// short-lived certificates; always tears down.
+    Soak {
+        #[arg(long, default_value_t = 4.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 60)]
+        leaf_lifetime_secs: u64,
+    },
+    /// An in-place agent upgrade on every server at once, on the running
+    /// cluster (`up` first), then its undo.
+    Upgrade,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    checks::set_tls(!cli.no_tls);
+    api::set_tls(!cli.no_tls);
     let result = match cli.command {
         Command::Down => {
             cluster::teardown(&cli.paths);
@@ -72,14 +98,34 @@ fn main() -> ExitCode {
         Command::Up { topology } => {
             start(&cli.paths).and_then(|()| block_on(up(cli.paths.clone(), topology)))
         }
-        Command::Bench { topology } => {
+        Command::Bench {
+            topology,
+            runs,
+            discovery,
+        } => {
             let paths = cli.paths.clone();
-            let outcome =
-                start(&paths).and_then(|()| block_on(bench::bench(paths.clone(), topology)));
+            let bench = bench::Bench {
+                topology,
+                runs,
+                discovery,
+            };
+            let outcome = start(&paths).and_then(|()| block_on(bench.run(paths.clone())));
             eprintln!("cluster: tearing down");
             cluster::teardown(&paths);
             outcome
         }
+        Command::Soak {
+            minutes,
+            leaf_lifetime_secs,
+        } => {
+            let paths = cli.paths.clone();
+            let outcome = start(&paths)
+                .and_then(|()| block_on(soak::soak(paths.clone(), minutes, leaf_lifetime_secs)));
+            eprintln!("cluster: tearing down");
+            cluster::teardown(&paths);
+            outcome
+        }
+        Command::Upgrade => host::enter_hub().and_then(|()| block_on(upgrade(cli.paths))),
         Command::Test => {
             let paths = cli.paths.clone();
             let outcome = start(&paths).and_then(|()| block_on(test(paths.clone())));
@@ -148,6 +194,16 @@ async fn status(paths: Paths) -> Result<bool> {
         println!("{c}");
     }
     Ok(checks.iter().all(|c| c.ok))
+}
+
+async fn upgrade(paths: Paths) -> Result<bool> {
+    let cluster = Cluster::load(paths).await?;
+    let (report, ok) = upgrade::run(&cluster).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !ok {
+        eprintln!("cluster: upgrade: FAILED (see \"failures\")");
+    }
+    Ok(ok)
 }
 
 async fn test(paths: Paths) -> Result<bool> {

@@ -5,10 +5,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::checks::{self, Check};
+use crate::api;
+use crate::checks::Check;
 use crate::cluster::Cluster;
 use crate::faults;
 use crate::topology::{CLUSTER, Topology};
+use crate::upgrade;
+use crate::web::WebAnswer;
 
 /// How long a cluster may take to converge on this 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -19,7 +22,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(600);
 const HOLDER_KILL_STEP: &str = "consul-token-agent";
 
 /// Boots every group at once, waits for the cluster and the web service.
-pub async fn up(cluster: &mut Cluster) -> Result<Vec<checks::WebAnswer>> {
+pub async fn up(cluster: &mut Cluster) -> Result<Vec<WebAnswer>> {
     let groups: Vec<&'static str> = cluster.groups.iter().map(|g| g.name).collect();
     for g in groups {
         cluster.launch_group(g).await?;
@@ -46,7 +49,8 @@ pub fn print_checks(checks: &[Check]) {
 /// 5. a server is destroyed after the bootstrap and replaced by a new
 ///    instance with a new address: the cluster heals, with the web service
 ///    still answering;
-/// 6. no secret appears in any VM's agent journal.
+/// 6. every server's agent is upgraded at once (`upgrade`), then back;
+/// 7. no secret appears in any VM's agent journal.
 pub async fn test(cluster: &mut Cluster) -> Result<()> {
     if cluster.topology != Topology::Small {
         bail!("`cluster test` runs the small topology");
@@ -128,13 +132,34 @@ pub async fn test(cluster: &mut Cluster) -> Result<()> {
     let answers = cluster.wait_web(Duration::from_secs(180)).await?;
     print_answers(&answers);
 
-    // 6. Secrets.
+    // 6. Every server's agent upgraded at once, then back.
+    let (report, ok) = upgrade::run(cluster).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !ok {
+        bail!("the server upgrade failed: {}", report_failures(&report));
+    }
+
+    // 7. Secrets.
     let journals = cluster.check_journals().await?;
     cluster.log(format!("journals: {journals}"));
     Ok(())
 }
 
-pub fn print_answers(answers: &[checks::WebAnswer]) {
+fn report_failures(report: &serde_json::Value) -> String {
+    ["upgrade", "undo"]
+        .iter()
+        .flat_map(|phase| {
+            report[phase]["failures"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |f| format!("{phase}: {}", f.as_str().unwrap_or_default()))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn print_answers(answers: &[WebAnswer]) {
     for a in answers {
         println!("GET http://{}/ ({}) -> {}", a.address, a.node, a.body);
     }
@@ -156,7 +181,7 @@ async fn bootstrap_state(cluster: &Cluster) -> Result<serde_json::Value> {
         .iter()
         .filter(|n| n.group.is_consul_server())
     {
-        let url = checks::consul_url(
+        let url = api::consul_url(
             &n.vm.address,
             &format!("/v1/kv/kraken/{CLUSTER}/bootstrap/state?raw=true"),
         );

@@ -210,6 +210,22 @@ fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> 
     Ok(())
 }
 
+/// A journal entry's message: a string, or the bytes journald exports for
+/// one that is not printable text (colour codes, say).
+fn message(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(bytes) => {
+            let bytes: Vec<u8> = bytes
+                .iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        _ => None,
+    }
+}
+
 fn append(path: &Path, text: String) -> Result<()> {
     if text.is_empty() {
         return Ok(());
@@ -260,37 +276,59 @@ impl Vm {
     /// The kraken-agent's journal, also after the VM is gone (persistent
     /// journal in the overlay's upper layer).
     pub fn agent_journal(&self) -> Result<String> {
-        self.agent_journal_as("cat")
+        self.journal_as("kraken-agent.service", "cat")
     }
 
     /// The agent's journal as (seconds since the epoch, message) pairs.
     pub fn agent_log(&self) -> Result<Vec<(f64, String)>> {
-        let json = self.agent_journal_as("json")?;
+        self.unit_log("kraken-agent.service")
+    }
+
+    /// A unit's journal as (seconds since the epoch, message) pairs.
+    pub fn unit_log(&self, unit: &str) -> Result<Vec<(f64, String)>> {
+        let json = self.journal_as(unit, "json")?;
         Ok(json
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|e| {
                 let micros: f64 = e["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()?;
-                Some((micros / 1e6, e["MESSAGE"].as_str()?.to_owned()))
+                Some((micros / 1e6, message(&e["MESSAGE"])?))
             })
             .collect())
     }
 
-    fn agent_journal_as(&self, output: &str) -> Result<String> {
-        let dir = self.dir.join("upper/var/log/journal");
-        let machine_id = fs::read_dir(&dir)
-            .with_context(|| format!("no journal in {}", dir.display()))?
-            .flatten()
-            .find(|e| e.path().is_dir())
-            .with_context(|| format!("no journal in {}", dir.display()))?
-            .path();
+    /// The VM's journal directory: the persistent one once journald has
+    /// flushed to it (kept after the VM is gone), else, while the VM runs,
+    /// the volatile one under /run (before the flush, or if it never came).
+    fn journal_dir(&self) -> Result<PathBuf> {
+        let persistent = self.dir.join("upper/var/log/journal");
+        let volatile = self.path("/run/log/journal");
+        let machine_dir = |dir: &Path| {
+            fs::read_dir(dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.is_dir())
+        };
+        machine_dir(&persistent)
+            .or_else(|| volatile.as_deref().and_then(machine_dir))
+            .with_context(|| {
+                format!(
+                    "no journal in {} nor, in the VM, /run/log/journal",
+                    persistent.display()
+                )
+            })
+    }
+
+    fn journal_as(&self, unit: &str, output: &str) -> Result<String> {
+        let machine_id = self.journal_dir()?;
         host::run(
             "journalctl",
             &[
                 "--directory",
                 &machine_id.to_string_lossy(),
                 "-u",
-                "kraken-agent.service",
+                unit,
                 "-o",
                 output,
                 "--no-pager",

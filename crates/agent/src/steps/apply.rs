@@ -105,13 +105,18 @@ impl Applier<'_> {
         let (action, running) = self.action(applied, service, secrets).await?;
         let unit = unit_of(self.settings, service).to_owned();
         let was_active = self.manager.is_active(&unit).await?;
-        if let (true, Action::Nothing, Some((instance, loaded))) = (was_active, action, running) {
-            // Runs with what is on disk: note it, if it was not (a process
-            // started before this agent ran).
-            applied.note(service, instance, loaded);
-            report.already_running.push(unit);
-            return Ok(Outcome::Unchanged);
-        }
+        let replaced = match (was_active, action, running) {
+            (true, Action::Nothing, Some((instance, loaded))) => {
+                // Runs with what is on disk: note it, if it was not (a
+                // process started before this agent ran).
+                applied.note(service, instance, loaded);
+                report.already_running.push(unit);
+                return Ok(Outcome::Unchanged);
+            }
+            (true, Action::Restart, Some((instance, _))) => Some(instance),
+            _ => None,
+        };
+        let replaced = replaced.as_ref();
         let step = ServiceStep {
             unit: unit.clone(),
             action,
@@ -130,6 +135,7 @@ impl Applier<'_> {
                 let guarded = gate
                     .restart(system, self.status, || async {
                         kraken_start::bring_up(self.manager, &step, report, self.status).await?;
+                        self.wait_replaced(&unit, replaced).await?;
                         self.wait(service, report).await
                     })
                     .await?;
@@ -137,6 +143,7 @@ impl Applier<'_> {
             }
             _ => {
                 kraken_start::bring_up(self.manager, &step, report, self.status).await?;
+                self.wait_replaced(&unit, replaced).await?;
                 self.wait(service, report).await?;
             }
         }
@@ -211,6 +218,35 @@ impl Applier<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// After a restart, until the unit's main process is a new one. The
+    /// restart is queued (`--no-block`) and the old process answers on its
+    /// API until it has stopped (Nomad's graceful stop takes a moment):
+    /// without this, the waits after it would be met by the old process,
+    /// and a server's restart lock released before the restart happened.
+    async fn wait_replaced(&self, unit: &str, old: Option<&Instance>) -> Result<(), BootError> {
+        let Some(old) = old else {
+            return Ok(());
+        };
+        let deadlines = tuning::deadlines(self.settings);
+        kraken_start::wait_for(
+            &format!(
+                "{unit} to run a new process (the old one was PID {})",
+                old.pid
+            ),
+            deadlines.answer,
+            std::time::Duration::from_millis(100),
+            || async {
+                match self.manager.main_pid(unit).await {
+                    Ok(Some(pid)) => Ok(Instance::of(pid).filter(|i| i != old).map(|_| ())),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await
+        .map_err(BootError::from)
     }
 
     async fn wait(&self, service: Service, report: &mut StartReport) -> Result<(), BootError> {
