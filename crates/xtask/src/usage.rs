@@ -8,16 +8,22 @@ commands:
                      cache and print `export` lines: eval \"$(cargo xtask deps)\"
   test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings,
                      cargo test --workspace [ARGS...] with the peers' env set,
-                     and `cluster test`
+                     `cluster test` and a 4-minute `cluster soak`
   cluster up [--topology small|seed]
                      build the local image and boot the cluster in nspawn VMs,
                      deploy the web job and print its answers; leaves it running
   cluster status     check the running cluster
   cluster down       stop it and remove everything it made
   cluster test       the fault scenario on a fresh small cluster, then down
-  cluster bench [--topology small|seed]
-                     boot timings, EC2 calls and agent memory, against
-                     Consul's and Nomad's own cloud auto-join (JSON on stdout)
+  cluster upgrade    on the running cluster: every server's agent restarted at
+                     once with a new config version, then back (JSON on stdout)
+  cluster soak [--minutes M] [--leaf-lifetime-secs S]
+                     a fresh small cluster with S-second certificates under
+                     load for M minutes (JSON on stdout), then down
+  cluster bench [--topology small|seed] [--runs N] [--discovery agent|auto-join|both]
+                     boot timings, each node's READY distribution, EC2 calls
+                     and agent memory, against Consul's and Nomad's own cloud
+                     auto-join (JSON on stdout)
 
 environment:
   KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)
