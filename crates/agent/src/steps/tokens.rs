@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use kraken_bootstrap::{State, sha256_hex};
 use kraken_discovery::Backoff;
 use kraken_hashi::{Consul, Token};
 use kraken_intent::NodeSpec;
@@ -51,11 +52,22 @@ pub async fn fetch(
 /// (`docs/operations.md`) reaches every holder this way. A token missing
 /// from the store keeps its current value (the rotation's new one is on
 /// its way). True if any changed.
+///
+/// `state` is the bootstrap state as Consul holds it, when readable: it
+/// records the SHA-256 of the secret each role token was made with, so a
+/// node whose tokens all match it has nothing to read, and the secret
+/// store sees a fleet's reads only after a rotation.
 pub async fn refresh(
     store: &Store,
     spec: &NodeSpec,
     secrets: &mut RenderSecrets,
+    state: Option<&State>,
 ) -> Result<bool, BootError> {
+    if let Some(state) = state
+        && current(spec, secrets, state)
+    {
+        return Ok(false);
+    }
     let mut changed = false;
     let mut take = |slot: &mut Option<Secret>, new: Option<Secret>| {
         if let Some(new) = new
@@ -73,6 +85,22 @@ pub async fn refresh(
         take(&mut secrets.nomad_consul, store.get(name).await?);
     }
     Ok(changed)
+}
+
+/// Whether every role token this node holds is the one the bootstrap
+/// state records (same secret digest). A token the state does not record
+/// is not known to be current.
+fn current(spec: &NodeSpec, secrets: &RenderSecrets, state: &State) -> bool {
+    let matches = |name: &str, held: &Option<Secret>| {
+        held.as_ref().is_some_and(|s| {
+            state
+                .tokens
+                .get(name)
+                .is_some_and(|r| r.secret_sha256 == sha256_hex(s.expose()))
+        })
+    };
+    matches(names::CONSUL_AGENT, &secrets.consul_agent)
+        && nomad_role_token(spec).is_none_or(|name| matches(name, &secrets.nomad_consul))
 }
 
 /// Polls until Consul accepts `token` (created by the bootstrap after its
@@ -102,5 +130,49 @@ pub async fn wait_until_known(
             }));
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kraken_bootstrap::TokenRecord;
+
+    fn record(secret: &str) -> TokenRecord {
+        TokenRecord {
+            accessor: "a".into(),
+            secret_sha256: sha256_hex(secret),
+        }
+    }
+
+    #[test]
+    fn tokens_are_current_only_when_every_held_one_matches_the_state() {
+        let tags = [("kraken:cluster", "blue"), ("kraken:roles", "nomad-client")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let spec = NodeSpec::from_tags(&tags, &Settings::default().intent).unwrap();
+        let held = RenderSecrets {
+            consul_agent: Some(Secret::new("agent-1")),
+            nomad_consul: Some(Secret::new("client-1")),
+            ..Default::default()
+        };
+        let mut state = State::default();
+        assert!(!current(&spec, &held, &state), "nothing recorded");
+        state
+            .tokens
+            .insert(names::CONSUL_AGENT.into(), record("agent-1"));
+        assert!(!current(&spec, &held, &state), "the Nomad one not recorded");
+        state
+            .tokens
+            .insert(names::CONSUL_NOMAD_CLIENT.into(), record("client-1"));
+        assert!(current(&spec, &held, &state));
+        // Rotated: the state records the new secret's digest.
+        state
+            .tokens
+            .insert(names::CONSUL_AGENT.into(), record("agent-2"));
+        assert!(!current(&spec, &held, &state));
+        let none = RenderSecrets::default();
+        assert!(!current(&spec, &none, &state), "nothing held");
     }
 }

@@ -51,7 +51,17 @@ impl Agent {
                 }
                 self.upkeep(&node).await;
                 self.autopilot(&node).await;
-                match tokens::refresh(&node.store, &node.spec, &mut self.secrets).await {
+                let state = match self.own_consul(&node) {
+                    Ok(consul) => kraken_bootstrap::read_state(&consul, &node.spec.cluster)
+                        .await
+                        .map(|(state, _)| state)
+                        .map_err(|e| log::debug!("bootstrap state unreadable: {e}"))
+                        .ok(),
+                    Err(_) => None,
+                };
+                let refreshed =
+                    tokens::refresh(&node.store, &node.spec, &mut self.secrets, state.as_ref());
+                match refreshed.await {
                     Ok(true) => {
                         log::info!("this node's role tokens changed in the secret store (rotated)");
                         rerender = true;
