@@ -141,7 +141,11 @@ async fn main_pids(init: u32) -> Option<(u32, u32)> {
         .await
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut pids = text.lines().map(|l| l.trim().parse::<u32>().ok());
+    // One value per unit, units separated by an empty line.
+    let mut pids = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse::<u32>().ok());
     Some((pids.next()??, pids.next()??))
 }
 
@@ -307,6 +311,9 @@ pub struct SystemSummary {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     pub samples: usize,
+    /// Samples in which every server's PIDs were read: without any, no
+    /// restart could have been seen.
+    pub pid_samples: usize,
     pub watched_s: f64,
     pub consul: SystemSummary,
     pub nomad: SystemSummary,
@@ -416,8 +423,17 @@ fn summarise(targets: &Targets, samples: &[Sample]) -> Summary {
         |l| l.nomad_api,
         |s| s.nomad_leader,
     );
+    let pid_samples = samples
+        .iter()
+        .filter(|s| {
+            s.servers
+                .iter()
+                .all(|l| l.consul_pid.is_some() && l.nomad_pid.is_some())
+        })
+        .count();
     Summary {
         samples: samples.len(),
+        pid_samples,
         watched_s: samples.last().map_or(0.0, |s| s.at),
         longest_leaderless_s: consul.longest_leaderless_s.max(nomad.longest_leaderless_s),
         consul,

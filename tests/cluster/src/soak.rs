@@ -153,6 +153,9 @@ pub async fn soak(paths: Paths, minutes: f64, lifetime: u64) -> Result<bool> {
             errors.len()
         ));
     }
+    if servers.pid_samples == 0 {
+        failures.push("the monitor read no server PIDs: it could not have seen a restart".into());
+    }
     if servers.server_restarts() > 0 {
         failures.push(format!(
             "servers restarted during the soak: Consul {:?}, Nomad {:?}",
