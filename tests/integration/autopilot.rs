@@ -44,7 +44,10 @@ async fn autopilot_settings_changed_in_raft_are_brought_back_by_the_running_agen
         .set_autopilot_config(&older(&consul_now))
         .await
         .unwrap();
-    nomad.set_autopilot_config(&older(&nomad_now)).await.unwrap();
+    nomad
+        .set_autopilot_config(&older(&nomad_now))
+        .await
+        .unwrap();
     let consul_old = consul.autopilot_config().await.unwrap();
     assert_eq!(consul_old["CleanupDeadServers"], false, "{consul_old}");
 

@@ -75,6 +75,34 @@ pub async fn refresh(
     Ok(changed)
 }
 
+/// Whether this node's role tokens may have been rotated since it read
+/// them: the bootstrap state (Consul KV, readable with the agent token)
+/// records the digest of each role token's secret, and the upkeep on the
+/// Consul servers updates it after a rotation. Only then does the node read
+/// the secret store again, so that a fleet's steady state costs the store
+/// nothing. When the state cannot be read or has no record, it says yes.
+pub async fn maybe_rotated(consul: &Consul, spec: &NodeSpec, secrets: &RenderSecrets) -> bool {
+    let state = match kraken_bootstrap::read_state(consul, &spec.cluster).await {
+        Ok((state, _)) => state,
+        Err(e) => {
+            log::debug!("reading the bootstrap state ({e}); reading the secret store instead");
+            return true;
+        }
+    };
+    let held = [
+        Some((names::CONSUL_AGENT, secrets.consul_agent.as_ref())),
+        nomad_role_token(spec).map(|name| (name, secrets.nomad_consul.as_ref())),
+    ];
+    held.into_iter()
+        .flatten()
+        .any(|(name, held)| match (state.tokens.get(name), held) {
+            (Some(record), Some(held)) => {
+                record.secret_sha256 != kraken_bootstrap::sha256_hex(held.expose())
+            }
+            _ => true,
+        })
+}
+
 /// Polls until Consul accepts `token` (created by the bootstrap after its
 /// secret was stored), for as long as a secret may take to appear.
 pub async fn wait_until_known(
