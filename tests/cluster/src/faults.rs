@@ -99,9 +99,14 @@ struct Fault {
 
 const FAULTS: &[Fault] = &[
     Fault {
+        // The agent first: its watch starts a stopped Consul again within a
+        // refresh period, which would race doctor.
         name: "Consul stopped",
         on: CLIENT,
-        inject: &[Change::Run(&["systemctl", "stop", "consul"])],
+        inject: &[
+            Change::Run(&["systemctl", "stop", "kraken-agent"]),
+            Change::Run(&["systemctl", "stop", "consul"]),
+        ],
         expect: Expect {
             check: "units",
             level: Level::Fail,
@@ -109,7 +114,10 @@ const FAULTS: &[Fault] = &[
             says_one_of: &[],
             next: "systemctl status consul.service",
         },
-        undo: &[Change::Run(&["systemctl", "start", "consul"])],
+        undo: &[
+            Change::Run(&["systemctl", "start", "consul"]),
+            Change::Run(&["systemctl", "start", "kraken-agent"]),
+        ],
         within: Duration::ZERO,
         tls_only: false,
     },
@@ -253,10 +261,14 @@ const FAULTS: &[Fault] = &[
     Fault {
         name: "2 of 3 Consul servers stopped",
         on: server(2),
-        inject: &[Change::RunOn(
-            &[server(0), server(1)],
-            &["systemctl", "stop", "consul"],
-        )],
+        inject: &[
+            // Their agents first, as for "Consul stopped".
+            Change::RunOn(
+                &[server(0), server(1)],
+                &["systemctl", "stop", "kraken-agent"],
+            ),
+            Change::RunOn(&[server(0), server(1)], &["systemctl", "stop", "consul"]),
+        ],
         expect: Expect {
             check: "consul",
             level: Level::Fail,
@@ -264,10 +276,13 @@ const FAULTS: &[Fault] = &[
             says_one_of: &[],
             next: "consul operator raft list-peers",
         },
-        undo: &[Change::RunOn(
-            &[server(0), server(1)],
-            &["systemctl", "start", "consul"],
-        )],
+        undo: &[
+            Change::RunOn(&[server(0), server(1)], &["systemctl", "start", "consul"]),
+            Change::RunOn(
+                &[server(0), server(1)],
+                &["systemctl", "start", "kraken-agent"],
+            ),
+        ],
         within: Duration::from_secs(60),
         tls_only: false,
     },

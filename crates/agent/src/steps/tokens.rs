@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use kraken_bootstrap::{State, sha256_hex};
 use kraken_discovery::Backoff;
 use kraken_hashi::{Consul, Token};
 use kraken_intent::NodeSpec;
@@ -51,11 +52,22 @@ pub async fn fetch(
 /// (`docs/operations.md`) reaches every holder this way. A token missing
 /// from the store keeps its current value (the rotation's new one is on
 /// its way). True if any changed.
+///
+/// `state` is the bootstrap state as Consul holds it, when readable: it
+/// records the SHA-256 of the secret each role token was made with, so a
+/// node whose tokens all match it has nothing to read, and the secret
+/// store sees a fleet's reads only after a rotation.
 pub async fn refresh(
     store: &Store,
     spec: &NodeSpec,
     secrets: &mut RenderSecrets,
+    state: Option<&State>,
 ) -> Result<bool, BootError> {
+    if let Some(state) = state
+        && current(spec, secrets, state)
+    {
+        return Ok(false);
+    }
     let mut changed = false;
     let mut take = |slot: &mut Option<Secret>, new: Option<Secret>| {
         if let Some(new) = new
@@ -75,32 +87,20 @@ pub async fn refresh(
     Ok(changed)
 }
 
-/// Whether this node's role tokens may have been rotated since it read
-/// them: the bootstrap state (Consul KV, readable with the agent token)
-/// records the digest of each role token's secret, and the upkeep on the
-/// Consul servers updates it after a rotation. Only then does the node read
-/// the secret store again, so that a fleet's steady state costs the store
-/// nothing. When the state cannot be read or has no record, it says yes.
-pub async fn maybe_rotated(consul: &Consul, spec: &NodeSpec, secrets: &RenderSecrets) -> bool {
-    let state = match kraken_bootstrap::read_state(consul, &spec.cluster).await {
-        Ok((state, _)) => state,
-        Err(e) => {
-            log::debug!("reading the bootstrap state ({e}); reading the secret store instead");
-            return true;
-        }
-    };
-    let held = [
-        Some((names::CONSUL_AGENT, secrets.consul_agent.as_ref())),
-        nomad_role_token(spec).map(|name| (name, secrets.nomad_consul.as_ref())),
-    ];
-    held.into_iter()
-        .flatten()
-        .any(|(name, held)| match (state.tokens.get(name), held) {
-            (Some(record), Some(held)) => {
-                record.secret_sha256 != kraken_bootstrap::sha256_hex(held.expose())
-            }
-            _ => true,
+/// Whether every role token this node holds is the one the bootstrap
+/// state records (same secret digest). A token the state does not record
+/// is not known to be current.
+fn current(spec: &NodeSpec, secrets: &RenderSecrets, state: &State) -> bool {
+    let matches = |name: &str, held: &Option<Secret>| {
+        held.as_ref().is_some_and(|s| {
+            state
+                .tokens
+                .get(name)
+                .is_some_and(|r| r.secret_sha256 == sha256_hex(s.expose()))
         })
+    };
+    matches(names::CONSUL_AGENT, &secrets.consul_agent)
+        && nomad_role_token(spec).is_none_or(|name| matches(name, &secrets.nomad_consul))
 }
 
 /// Polls until Consul accepts `token` (created by the bootstrap after its
@@ -130,5 +130,49 @@ pub async fn wait_until_known(
             }));
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kraken_bootstrap::TokenRecord;
+
+    fn record(secret: &str) -> TokenRecord {
+        TokenRecord {
+            accessor: "a".into(),
+            secret_sha256: sha256_hex(secret),
+        }
+    }
+
+    #[test]
+    fn tokens_are_current_only_when_every_held_one_matches_the_state() {
+        let tags = [("kraken:cluster", "blue"), ("kraken:roles", "nomad-client")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let spec = NodeSpec::from_tags(&tags, &Settings::default().intent).unwrap();
+        let held = RenderSecrets {
+            consul_agent: Some(Secret::new("agent-1")),
+            nomad_consul: Some(Secret::new("client-1")),
+            ..Default::default()
+        };
+        let mut state = State::default();
+        assert!(!current(&spec, &held, &state), "nothing recorded");
+        state
+            .tokens
+            .insert(names::CONSUL_AGENT.into(), record("agent-1"));
+        assert!(!current(&spec, &held, &state), "the Nomad one not recorded");
+        state
+            .tokens
+            .insert(names::CONSUL_NOMAD_CLIENT.into(), record("client-1"));
+        assert!(current(&spec, &held, &state));
+        // Rotated: the state records the new secret's digest.
+        state
+            .tokens
+            .insert(names::CONSUL_AGENT.into(), record("agent-2"));
+        assert!(!current(&spec, &held, &state));
+        let none = RenderSecrets::default();
+        assert!(!current(&spec, &none, &state), "nothing held");
     }
 }

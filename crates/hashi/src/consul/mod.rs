@@ -193,6 +193,19 @@ impl Consul {
             .collect())
     }
 
+    /// The names of the services registered on `node`, from the catalog
+    /// (`node:read`, `service:read`); empty for a node Consul does not know.
+    pub async fn node_service_names(&self, node: &str) -> Result<Vec<String>, HashiError> {
+        let answer: serde_json::Value = self
+            .http
+            .get_json(&format!("/v1/catalog/node-services/{node}"))
+            .await?;
+        let services = answer["Services"].as_array().into_iter().flatten();
+        Ok(services
+            .filter_map(|s| s["Service"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Asks the agent to join the gossip pool through `address` (`agent:write`).
     pub async fn join(&self, address: &str) -> Result<(), HashiError> {
         self.http

@@ -166,24 +166,27 @@ pub(super) async fn nomad_consul(ctx: &mut Context<'_>) -> Check {
     // Nomad registered its service: its side of the link works. How Consul
     // finds Nomad (the checks) is the other direction, shown, not judged
     // here: a fresh registration is critical until its first check.
-    match start::nomad_registration(&as_nomad, spec, &node).await {
-        Ok(nomad) => {
-            if nomad.is_empty() {
-                return Check::bad(
-                    "nomad-consul",
-                    Level::Warn,
-                    format!(
-                        "Nomad's token works, but Nomad has not registered {name} for this node"
-                    ),
-                    "Nomad cannot reach Consul, or it has just started",
-                    "journalctl -u nomad | grep -i consul | tail",
-                );
-            }
-            let mut states: Vec<String> = nomad
+    let registered = start::nomad_registered(&as_nomad, spec, &node).await;
+    let checks = start::nomad_checks(&as_nomad, spec, &node).await;
+    match registered.and_then(|r| Ok((r, checks?))) {
+        Ok((false, _)) => Check::bad(
+            "nomad-consul",
+            Level::Warn,
+            format!("Nomad's token works, but Nomad has not registered {name} for this node"),
+            "Nomad cannot reach Consul, or it has just started",
+            "journalctl -u nomad | grep -i consul | tail",
+        ),
+        Ok((true, checks)) => {
+            let mut states: Vec<String> = checks
                 .iter()
                 .map(|c| format!("{} {}", c.name, c.status))
                 .collect();
             states.sort();
+            if states.is_empty() {
+                // Nomad registers no HTTP check for an HTTPS API that
+                // demands client certificates.
+                states.push("no checks".into());
+            }
             Check::ok(
                 "nomad-consul",
                 format!(

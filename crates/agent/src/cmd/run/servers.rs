@@ -42,10 +42,16 @@ impl Agent {
     /// Re-reads this node's role tokens from the store when they may have
     /// been rotated; true if any changed.
     pub(super) async fn refresh_tokens(&mut self, node: &Converged) -> Result<bool, BootError> {
-        let consul = self.own_consul(node)?;
-        if !tokens::maybe_rotated(&consul, &node.spec, &self.secrets).await {
-            return Ok(false);
-        }
-        tokens::refresh(&node.store, &node.spec, &mut self.secrets).await
+        // The bootstrap state's digests tell whether anything was rotated
+        // (`tokens::refresh`); when it cannot be read, the store is.
+        let state = match self.own_consul(node) {
+            Ok(consul) => kraken_bootstrap::read_state(&consul, &node.spec.cluster)
+                .await
+                .map(|(state, _)| state)
+                .map_err(|e| log::debug!("bootstrap state unreadable, reading the store: {e}"))
+                .ok(),
+            Err(_) => None,
+        };
+        tokens::refresh(&node.store, &node.spec, &mut self.secrets, state.as_ref()).await
     }
 }
