@@ -163,7 +163,7 @@ async fn two_hundred_agents_make_the_projected_calls() {
         .unwrap();
     assert!(registered.status().is_success());
     let consul = Consul::new(&consul_agent.http_url(), None).unwrap();
-    let (steady, periods, period) = (Instant::now(), 10, Duration::from_millis(500));
+    let (steady, periods, period) = (Instant::now(), 10u64, Duration::from_millis(500));
     for _ in 0..periods {
         let mut set = tokio::task::JoinSet::new();
         for mut n in nodes.drain(..) {
@@ -191,10 +191,14 @@ async fn two_hundred_agents_make_the_projected_calls() {
         .map(|n| n.calls() - 1)
         .sum();
     assert_eq!(client_steady, 0, "converged clients ask no EC2");
-    // A server: one call per 1.5 to 2.5 s, the first a period after boot.
+    // A server: one call per 1.5 to 2.5 s, the first a period after boot,
+    // and at most one per round: on a busy machine (moto slower) rounds
+    // take longer and every round finds the refresh due.
     let per_server: Vec<u64> = servers.iter().map(|n| n.calls() - 1).collect();
-    let most = (window.as_secs_f64() / 1.5).ceil() as u64;
-    let least = (window.as_secs_f64() / 2.5).floor() as u64 - 1;
+    let most = ((window.as_secs_f64() / 1.5).ceil() as u64).min(periods);
+    let least = ((window.as_secs_f64() / 2.5).floor() as u64)
+        .saturating_sub(1)
+        .min(periods - 1);
     assert!(
         per_server.iter().all(|c| (least..=most).contains(c)),
         "servers in {window:?}: {per_server:?}"
