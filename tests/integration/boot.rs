@@ -35,7 +35,8 @@ impl World {
 }
 
 /// Three servers and a stopped one in cluster "blue", a server of another
-/// cluster, and this node: a Nomad client of "blue".
+/// cluster, one of a "blue" in another VPC, and this node: a Nomad client
+/// of "blue".
 async fn world(client_tags: &[(&str, &str)], tags_in_metadata: bool) -> World {
     let moto = Moto::start().await;
     let ec2 = ec2(&moto.endpoint()).await;
@@ -62,8 +63,18 @@ async fn world(client_tags: &[(&str, &str)], tags_in_metadata: bool) -> World {
         None,
     )
     .await;
+    // A server of "blue" in another VPC of the account: another cluster
+    // that happens to share the name, which discovery must not see.
+    let elsewhere = loopback_subnet(&ec2, 250, 1).await;
+    launch(
+        &ec2,
+        &tags(&[("kraken:cluster", "blue"), ("kraken:roles", SERVER)]),
+        Some((&elsewhere, "127.250.1.9".parse().unwrap())),
+    )
+    .await;
     let (id, ip) = launch(&ec2, &tags(client_tags), None).await;
     let mut data = instance_data(&id, ip, tags(client_tags));
+    data.vpc_id = vpc_of(&ec2, &id).await;
     data.tags_in_metadata = tags_in_metadata;
     let imds = FakeImds::start("127.0.0.1:0".parse().unwrap(), data)
         .await
@@ -402,36 +413,56 @@ async fn too_few_servers_means_looking_again_not_failing() {
     .unwrap();
     let calls = kraken_aws::ApiCalls::default();
     let sdk = sdk_for(&moto.endpoint(), TEST_KEY).await;
-    let source = kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+    // A budget of 4 back to back, then one a second; a poll of 200 ms.
+    let (burst, refill) = (4, std::time::Duration::from_secs(1));
+    let source = kraken_discovery::Budgeted::new(
+        kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls),
+        kraken_discovery::CallBudget::new(burst, refill, std::time::Instant::now()),
+    );
     let statuses = std::sync::Mutex::new(Vec::new());
     let mut backoff = kraken_discovery::Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_millis(400),
     );
+    let started = std::time::Instant::now();
+    let launched = std::sync::Mutex::new(None);
     let late = async {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         launch(&ec2c, &server, None).await;
         launch(&ec2c, &server, None).await;
+        *launched.lock().unwrap() = Some(std::time::Instant::now());
     };
     let record = |s: &str| statuses.lock().unwrap().push(s.to_owned());
+    let poll = std::time::Duration::from_millis(200);
     let (peers, ()) = tokio::join!(
         kraken_agent::steps::discovery::discover_until_enough(
             &source,
             &spec,
+            poll,
             &mut backoff,
             &record
         ),
         late
     );
+    let (elapsed, joined) = (started.elapsed(), std::time::Instant::now());
+    let since_launch = joined - launched.into_inner().unwrap().unwrap();
+    let source = source.inner();
     assert_eq!(peers.unwrap().consul_servers.len(), 3);
     let statuses = statuses.into_inner().unwrap();
     assert!(
         statuses[0].contains("found 1 of 3 Consul servers"),
         "{statuses:?}"
     );
+    // It kept looking, within its budget, and found the servers within a
+    // poll and a refill of their launch.
+    let made = source.api_calls();
+    let allowed = u64::from(burst) + elapsed.as_secs_f64() as u64 / refill.as_secs();
     assert!(
-        source.api_calls() >= 3,
-        "kept looking: {}",
-        source.api_calls()
+        made >= 5 && made <= allowed + 1,
+        "{made} calls in {elapsed:?}"
+    );
+    assert!(
+        since_launch <= poll * 2 + refill,
+        "joined {since_launch:?} after the servers' launch"
     );
 }

@@ -330,7 +330,7 @@ fn web_bin() -> PathBuf {
 
 /// A Consul client agent joined to the server at `server`: a node's own
 /// agent, which its Nomad client registers services with.
-struct ConsulAgent {
+pub(crate) struct ConsulAgent {
     ip: Ipv4Addr,
     // Declared before the dir: the process dies before its dir goes.
     _peer: Peer,
@@ -338,7 +338,7 @@ struct ConsulAgent {
 }
 
 impl ConsulAgent {
-    async fn start(name: &str, server: Ipv4Addr) -> ConsulAgent {
+    pub(crate) async fn start(name: &str, server: Ipv4Addr) -> ConsulAgent {
         let ip = LoopbackAddrs::allocate(1)[0];
         let dir = TestDir::new("consul-agent");
         let mut peer = PeerCommand::consul(name, dir.path())
@@ -375,7 +375,7 @@ impl ConsulAgent {
         }
     }
 
-    fn http_addr(&self) -> SocketAddr {
+    pub(crate) fn http_addr(&self) -> SocketAddr {
         (self.ip, CONSUL_HTTP_PORT).into()
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kraken_bootstrap::LeaseSettings;
-use kraken_discovery::Backoff;
+use kraken_discovery::{Backoff, CallBudget};
 use kraken_settings::Settings;
 use kraken_start::Deadlines;
 
@@ -36,8 +36,27 @@ pub fn deadlines(settings: &Settings) -> Deadlines {
     }
 }
 
-/// Between discovery attempts while servers are missing, and between
-/// retries of a converge that failed transiently.
+/// The node's EC2 discovery budget (docs/benchmarks.md), full from now.
+pub fn call_budget(settings: &Settings) -> CallBudget {
+    CallBudget::new(
+        settings.discovery.call_burst,
+        Duration::from_secs(settings.discovery.call_refill_secs),
+        std::time::Instant::now(),
+    )
+}
+
+/// Between EC2 queries while servers are missing (jittered by the caller).
+pub fn discovery_poll(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.discovery.poll_ms)
+}
+
+/// Between a converged server's EC2 queries (jittered by the caller).
+pub fn server_refresh(settings: &Settings) -> Duration {
+    Duration::from_secs(settings.discovery.server_refresh_secs)
+}
+
+/// Between retries after a discovery error, and between retries of a
+/// converge that failed transiently.
 pub fn discovery_backoff(settings: &Settings) -> Backoff {
     Backoff::new(
         Duration::from_secs(settings.discovery.retry_min_secs),

@@ -1,12 +1,13 @@
 //! Step 4 of the boot flow: where are the servers?
 //!
-//! One `ec2:DescribeInstances` query per refresh, filtered by the cluster
-//! tag, the server roles and the live instance states, every page followed.
-//! Throttling, 5xx and timeouts are retried inside the SDK with jittered
-//! exponential backoff (see `kraken-aws`); a refresh that still finds too
-//! few servers is repeated by the caller with [`Backoff`].
+//! One `ec2:DescribeInstances` query per refresh, filtered by the node's
+//! VPC, the cluster tag, the server roles and the live instance states,
+//! every page followed. Throttling, 5xx and timeouts are retried inside the
+//! SDK with jittered exponential backoff (see `kraken-aws`); how often a
+//! node asks at all is [`pace`]'s: jitter and a per-node [`CallBudget`].
 
 mod backoff;
+pub mod pace;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -15,6 +16,7 @@ use kraken_aws::{ApiCalls, Failure};
 use serde::{Deserialize, Serialize};
 
 pub use backoff::Backoff;
+pub use pace::{Budgeted, CallBudget, jittered};
 
 /// The servers of one cluster, by private address. Sorted sets, so that
 /// the same peers always render the same bytes.
@@ -81,6 +83,7 @@ pub struct Ec2Peers {
     client: aws_sdk_ec2::Client,
     calls: ApiCalls,
     page_size: Option<i32>,
+    vpc_id: Option<String>,
 }
 
 impl Ec2Peers {
@@ -89,7 +92,15 @@ impl Ec2Peers {
             client,
             calls,
             page_size: None,
+            vpc_id: None,
         }
+    }
+
+    /// Only instances in this VPC: a cluster name reused in another VPC of
+    /// the account is another cluster, and EC2 filters before it pages.
+    pub fn in_vpc(mut self, vpc_id: Option<String>) -> Self {
+        self.vpc_id = vpc_id;
+        self
     }
 
     /// Results per page (5 to 1000; AWS's default when unset).
@@ -115,9 +126,11 @@ fn filter(name: &str, values: &[&str]) -> aws_sdk_ec2::types::Filter {
 
 impl PeerSource for Ec2Peers {
     async fn discover(&self, cluster: &str) -> Result<Peers, DiscoveryError> {
-        let mut pages = self
-            .client
-            .describe_instances()
+        let mut query = self.client.describe_instances();
+        if let Some(vpc) = &self.vpc_id {
+            query = query.filters(filter("vpc-id", &[vpc]));
+        }
+        let mut pages = query
             .filters(filter(&format!("tag:{CLUSTER_TAG}"), &[cluster]))
             // Roles is a list tag; the wildcard selects nodes with either
             // server role, and the exact roles are parsed below.

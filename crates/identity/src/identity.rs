@@ -15,6 +15,11 @@ pub struct Identity {
     pub region: String,
     pub availability_zone: String,
     pub private_ipv4: Ipv4Addr,
+    /// The VPC of the instance's primary interface: discovery looks for
+    /// servers in it only. Absent from node description files, whose peers
+    /// are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
     /// All instance tags, not only ours: intent decides which matter.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -63,6 +68,7 @@ mod tests {
         .unwrap();
         assert_eq!(identity.private_ipv4, Ipv4Addr::new(10, 0, 3, 17));
         assert!(identity.tags.is_empty());
+        assert_eq!(identity.vpc_id, None);
         assert_eq!(identity.tags_source, TagsSource::InstanceMetadata);
     }
 
@@ -89,6 +95,7 @@ mod tests {
                 region: "eu-west-3".into(),
                 availability_zone: "eu-west-3a".into(),
                 private_ipv4: Ipv4Addr::new(10, 0, 3, 17),
+                vpc_id: Some("vpc-0abc".into()),
                 tags: BTreeMap::from([("kraken:cluster".into(), "blue".into())]),
                 tags_source: source,
             };

@@ -12,6 +12,7 @@ use crate::identity::{Identity, IdentityProvider, TagsSource};
 
 const TAGS_PATH: &str = "/latest/meta-data/tags/instance";
 const LOCAL_IPV4_PATH: &str = "/latest/meta-data/local-ipv4";
+const MAC_PATH: &str = "/latest/meta-data/mac";
 
 /// Limits for IMDS requests. IMDS is local and fast when it works; short
 /// timeouts let the boot loop retry instead of hanging.
@@ -171,6 +172,10 @@ impl IdentityProvider for ImdsIdentity {
             .get("/latest/meta-data/placement/availability-zone")
             .await?;
         let private_ipv4 = private_ipv4(&self.get(LOCAL_IPV4_PATH).await?)?;
+        // The primary interface's VPC: discovery looks for servers in it.
+        let mac = self.get(MAC_PATH).await?;
+        let vpc_path = vpc_id_path(&mac);
+        let vpc_id = vpc_id(&vpc_path, &self.get(&vpc_path).await?)?;
         let (tags, tags_source) = match self.metadata_tags().await? {
             Some(tags) => (tags, TagsSource::InstanceMetadata),
             None => {
@@ -188,6 +193,7 @@ impl IdentityProvider for ImdsIdentity {
             region: region.trim().to_owned(),
             availability_zone: availability_zone.trim().to_owned(),
             private_ipv4,
+            vpc_id: Some(vpc_id),
             tags,
             tags_source,
         })
@@ -206,6 +212,31 @@ fn private_ipv4(answer: &str) -> Result<Ipv4Addr, IdentityError> {
         value: answer.to_owned(),
         expected: "an IPv4 address",
     })
+}
+
+/// Where IMDS keeps the VPC of the interface with this MAC address.
+fn vpc_id_path(mac: &str) -> String {
+    format!(
+        "/latest/meta-data/network/interfaces/macs/{}/vpc-id",
+        mac.trim()
+    )
+}
+
+/// IMDS's `vpc-id` answer, checked: it becomes an EC2 filter value.
+fn vpc_id(path: &str, answer: &str) -> Result<String, IdentityError> {
+    let id = answer.trim();
+    let valid = id
+        .strip_prefix("vpc-")
+        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_alphanumeric()));
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(IdentityError::ImdsValue {
+            path: path.to_owned(),
+            value: answer.to_owned(),
+            expected: "a VPC id (vpc-...)",
+        })
+    }
 }
 
 fn build_client(settings: &ImdsSettings) -> Client {
@@ -267,6 +298,22 @@ mod tests {
                     && text.contains("an IPv4 address"),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn the_vpc_id_is_read_under_the_primary_mac_and_checked() {
+        let path = vpc_id_path("0e:00:0a:00:03:11\n");
+        assert_eq!(
+            path,
+            "/latest/meta-data/network/interfaces/macs/0e:00:0a:00:03:11/vpc-id"
+        );
+        assert_eq!(vpc_id(&path, "vpc-0abc123\n").unwrap(), "vpc-0abc123");
+        for bad in ["", "vpc-", "subnet-0abc", "vpc-0abc 1", "vpc-*"] {
+            let err = vpc_id(&path, bad).unwrap_err();
+            assert!(!err.is_transient(), "{bad:?}");
+            let text = err.to_string();
+            assert!(text.contains(&path) && text.contains("vpc-..."), "{text}");
         }
     }
 

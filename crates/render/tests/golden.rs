@@ -146,6 +146,7 @@ fn hostile_meta_cannot_escape_its_string() {
         availability_zone: "a".into(),
         private_ipv4: "10.0.0.1".parse().unwrap(),
         tags,
+        vpc_id: None,
         tags_source: Default::default(),
     };
     let files = Renderer::new(None)

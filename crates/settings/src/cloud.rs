@@ -42,9 +42,20 @@ impl Default for AwsSettingsFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoverySettings {
-    /// Refresh period once the node has converged.
+    /// The watch loop's period once the node has converged: clients follow
+    /// the servers through Consul at this pace (no EC2 call).
     pub refresh_secs: u64,
-    /// First and longest wait between refreshes while servers are missing.
+    /// Converged servers query EC2 this often, give or take a quarter.
+    pub server_refresh_secs: u64,
+    /// Until enough servers are found, between EC2 queries, give or take
+    /// half (so a node joins within about this long of the servers' launch).
+    pub poll_ms: u64,
+    /// The node's EC2 call budget: this many queries back to back, then one
+    /// every `call_refill_secs`, whatever asks (docs/benchmarks.md).
+    pub call_burst: u32,
+    pub call_refill_secs: u64,
+    /// First and longest wait between retries after an error (EC2 down,
+    /// a converge that failed transiently).
     pub retry_min_secs: u64,
     pub retry_max_secs: u64,
     /// Cloud auto-join instead of the agent's discovery: a go-discover
@@ -61,6 +72,10 @@ impl Default for DiscoverySettings {
     fn default() -> Self {
         DiscoverySettings {
             refresh_secs: 60,
+            server_refresh_secs: 300,
+            poll_ms: 2000,
+            call_burst: 15,
+            call_refill_secs: 20,
             retry_min_secs: 2,
             retry_max_secs: 60,
             consul_auto_join: None,
@@ -71,12 +86,20 @@ impl Default for DiscoverySettings {
 
 impl DiscoverySettings {
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.retry_min_secs == 0 || self.refresh_secs == 0 {
-            return Err(
-                "discovery.retry_min_secs and discovery.refresh_secs must be at least 1 \
-                 (0 would query EC2 in a tight loop)"
-                    .into(),
-            );
+        for (key, value, least) in [
+            ("retry_min_secs", self.retry_min_secs, 1),
+            ("refresh_secs", self.refresh_secs, 1),
+            ("server_refresh_secs", self.server_refresh_secs, 1),
+            ("call_burst", self.call_burst.into(), 1),
+            ("call_refill_secs", self.call_refill_secs, 1),
+            ("poll_ms", self.poll_ms, 100),
+        ] {
+            if value < least {
+                return Err(format!(
+                    "discovery.{key} = {value}; expected at least {least} \
+                     (less would query EC2 in a tight loop)"
+                ));
+            }
         }
         for (key, join) in [
             ("discovery.consul_auto_join", &self.consul_auto_join),

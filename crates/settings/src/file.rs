@@ -147,8 +147,19 @@ mod tests {
             "[discovery]\nconsul_auto_join = \"provider=aws tag_key=kraken:roles tag_value=consul-server\"\n",
         );
         assert!(ok.is_ok(), "{ok:?}");
-        let err = Settings::parse("[discovery]\nretry_min_secs = 0\n").unwrap_err();
-        assert!(err.contains("retry_min_secs"), "{err}");
+        for key in [
+            "retry_min_secs",
+            "refresh_secs",
+            "server_refresh_secs",
+            "call_burst",
+            "call_refill_secs",
+            "poll_ms",
+        ] {
+            let err = Settings::parse(&format!("[discovery]\n{key} = 0\n")).unwrap_err();
+            assert!(err.contains(&format!("discovery.{key} = 0")), "{err}");
+        }
+        let err = Settings::parse("[discovery]\npoll_ms = 99\n").unwrap_err();
+        assert!(err.contains("at least 100"), "{err}");
         let err = Settings::parse("[consul]\nhttp_addr = \"127.0.0.1:8500\"\n").unwrap_err();
         assert!(err.contains("consul.http_addr"), "{err}");
         let err = Settings::parse("[consul]\nhttp_addr = \"http://127.0.0.1:8500\"\n").unwrap_err();

@@ -102,13 +102,14 @@ impl Cloud {
             .to_owned())
     }
 
-    /// Launches one instance with these tags at this address; its id.
+    /// Launches one instance with these tags at this address; its id and
+    /// VPC (which its IMDS reports, and the agent's discovery filters on).
     pub async fn run_instance(
         &self,
         subnet: &str,
         address: &str,
         tags: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    ) -> Result<(String, String)> {
         let tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -132,12 +133,13 @@ impl Cloud {
             .send()
             .await
             .with_context(|| format!("ec2:RunInstances at {address}"))?;
-        Ok(out
+        let instance = out
             .instances()
             .first()
-            .and_then(|i| i.instance_id())
-            .context("RunInstances returned no instance")?
-            .to_owned())
+            .context("RunInstances returned no instance")?;
+        let id = instance.instance_id().context("an instance without id")?;
+        let vpc = instance.vpc_id().context("an instance without VPC")?;
+        Ok((id.to_owned(), vpc.to_owned()))
     }
 
     pub async fn terminate(&self, instance_id: &str) -> Result<()> {

@@ -226,7 +226,7 @@ impl Cluster {
         }
         let address = format!("10.213.0.{}", self.next_address);
         self.next_address += 1;
-        let instance_id = self
+        let (instance_id, vpc_id) = self
             .cloud
             .run_instance(&self.subnet, &address, &group.tags)
             .await?;
@@ -236,6 +236,7 @@ impl Cluster {
             group: group.name.into(),
             address: address.clone(),
             instance_id: instance_id.clone(),
+            vpc_id,
             tags: group.tags.clone(),
             region: cloud::REGION,
             availability_zone: cloud::AVAILABILITY_ZONE,

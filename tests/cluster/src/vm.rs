@@ -60,6 +60,7 @@ pub struct Launch<'a> {
     pub group: String,
     pub address: String,
     pub instance_id: String,
+    pub vpc_id: String,
     pub tags: BTreeMap<String, String>,
     pub region: &'a str,
     pub availability_zone: &'a str,
@@ -86,6 +87,7 @@ impl Launch<'_> {
             "instance": {
                 "instance_id": self.instance_id,
                 "private_ipv4": self.address,
+                "vpc_id": self.vpc_id,
                 "region": self.region,
                 "availability_zone": self.availability_zone,
                 "tags": self.tags,

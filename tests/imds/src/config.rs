@@ -21,6 +21,10 @@ pub struct InstanceData {
     pub private_ipv4: Ipv4Addr,
     /// Derived from the private address when absent.
     pub mac: Option<String>,
+    /// The VPC and subnet of the primary interface
+    /// (`network/interfaces/macs/<mac>/vpc-id`, `.../subnet-id`).
+    pub vpc_id: String,
+    pub subnet_id: String,
     pub tags: BTreeMap<String, String>,
     /// The instance's "allow tags in instance metadata" option. On by default
     /// here because most tests want tags; off, `tags/` answers 404 as on AWS.
@@ -40,6 +44,8 @@ impl Default for InstanceData {
             availability_zone: "us-east-1a".into(),
             private_ipv4: Ipv4Addr::new(10, 0, 1, 10),
             mac: None,
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            subnet_id: "subnet-0123456789abcdef0".into(),
             tags: BTreeMap::new(),
             tags_in_metadata: true,
             iam_role: None,
@@ -106,8 +112,20 @@ pub struct Config {
 }
 
 /// AWS refuses to enable tags in instance metadata while a tag key would not
-/// make a valid path segment; the fake refuses to start with such data.
+/// make a valid path segment; the fake refuses to start with such data, or
+/// with a VPC or subnet id no instance could have.
 pub fn validate(data: &InstanceData) -> io::Result<()> {
+    for (what, id, prefix) in [
+        ("vpc_id", &data.vpc_id, "vpc-"),
+        ("subnet_id", &data.subnet_id, "subnet-"),
+    ] {
+        if !id.starts_with(prefix) || id.len() == prefix.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} {id:?} is not an id of the form {prefix}..."),
+            ));
+        }
+    }
     if !data.tags_in_metadata {
         return Ok(());
     }

@@ -27,9 +27,9 @@ pub(crate) fn metadata(d: &InstanceData, started: SystemTime) -> BTreeMap<String
         ("meta-data/hostname", hostname.clone()),
         ("meta-data/instance-id", d.instance_id.clone()),
         ("meta-data/instance-type", d.instance_type.clone()),
-        ("meta-data/local-hostname", hostname),
+        ("meta-data/local-hostname", hostname.clone()),
         ("meta-data/local-ipv4", ip.to_string()),
-        ("meta-data/mac", mac),
+        ("meta-data/mac", mac.clone()),
         (
             "meta-data/placement/availability-zone",
             d.availability_zone.clone(),
@@ -39,6 +39,20 @@ pub(crate) fn metadata(d: &InstanceData, started: SystemTime) -> BTreeMap<String
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    // The primary interface, as AWS lists it under its MAC address.
+    let interface = format!("meta-data/network/interfaces/macs/{mac}");
+    for (leaf, value) in [
+        ("device-number", "0".to_owned()),
+        ("interface-id", format!("eni-{a:02x}{b:02x}{c:02x}{e:02x}")),
+        ("local-hostname", hostname.clone()),
+        ("local-ipv4s", ip.to_string()),
+        ("mac", mac.clone()),
+        ("owner-id", d.account_id.clone()),
+        ("subnet-id", d.subnet_id.clone()),
+        ("vpc-id", d.vpc_id.clone()),
+    ] {
+        m.insert(format!("{interface}/{leaf}"), value);
+    }
     if d.tags_in_metadata {
         m.insert("meta-data/tags/instance/".into(), String::new());
         for (key, value) in &d.tags {

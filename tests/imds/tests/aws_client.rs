@@ -59,6 +59,15 @@ async fn official_client_reads_identity_and_tags_with_one_token() {
         "us-east-1a"
     );
     assert_eq!(get("/latest/meta-data/local-ipv4").await, "10.0.1.10");
+    // The VPC, under the primary interface's MAC, as the agent reads it.
+    let mac = get("/latest/meta-data/mac").await;
+    let vpc = client
+        .get(&format!(
+            "/latest/meta-data/network/interfaces/macs/{mac}/vpc-id"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(String::from(vpc), "vpc-0123456789abcdef0");
     assert_eq!(
         get("/latest/meta-data/tags/instance").await,
         "kraken:cluster\nkraken:roles"
@@ -73,7 +82,7 @@ async fn official_client_reads_identity_and_tags_with_one_token() {
 
     let stats = imds.stats();
     assert_eq!(stats.token_puts, 1, "the client caches its token");
-    assert_eq!(stats.gets, 7);
+    assert_eq!(stats.gets, 9);
     assert_eq!(stats.unauthorized, 0);
 }
 

@@ -215,7 +215,7 @@ async fn serves_the_documented_tree() {
             reply.body
         }
     };
-    let listing = "ami-id\nhostname\niam/\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nplacement/\ntags/";
+    let listing = "ami-id\nhostname\niam/\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nnetwork/\nplacement/\ntags/";
     assert_eq!(body("/latest/meta-data/").await, listing);
     assert_eq!(body("/latest/meta-data").await, listing);
     assert_eq!(
@@ -235,6 +235,27 @@ async fn serves_the_documented_tree() {
         "ip-10-0-1-10.eu-west-1.compute.internal"
     );
     assert_eq!(body("/latest/meta-data/mac").await, "0e:00:0a:00:01:0a");
+    assert_eq!(
+        body("/latest/meta-data/network/interfaces/macs/").await,
+        "0e:00:0a:00:01:0a/"
+    );
+    assert_eq!(
+        body("/latest/meta-data/network/interfaces/macs/0e:00:0a:00:01:0a/").await,
+        "device-number\ninterface-id\nlocal-hostname\nlocal-ipv4s\nmac\nowner-id\nsubnet-id\nvpc-id"
+    );
+    let interface =
+        |leaf: &str| format!("/latest/meta-data/network/interfaces/macs/0e:00:0a:00:01:0a/{leaf}");
+    for (leaf, want) in [
+        ("vpc-id", "vpc-0123456789abcdef0"),
+        ("subnet-id", "subnet-0123456789abcdef0"),
+        ("local-ipv4s", "10.0.1.10"),
+        ("mac", "0e:00:0a:00:01:0a"),
+        ("device-number", "0"),
+        ("owner-id", "123456789012"),
+    ] {
+        let reply = get(addr, &token, &interface(leaf)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, want), "{leaf}");
+    }
     assert_eq!(body("/latest/meta-data/tags/").await, "instance/");
     assert_eq!(
         body("/latest/meta-data/tags/instance").await,
@@ -336,6 +357,15 @@ async fn tags_follow_the_instance_metadata_tags_option() {
         !imds.instance_data().tags_in_metadata,
         "a refused update changes nothing"
     );
+    // Nor can an instance have a VPC or subnet id of another form.
+    for change in [
+        (|d: &mut InstanceData| d.vpc_id = "subnet-0abc".into()) as fn(&mut InstanceData),
+        |d| d.vpc_id = "vpc-".into(),
+        |d| d.subnet_id = String::new(),
+    ] {
+        assert!(imds.update_instance_data(change).is_err());
+    }
+    assert_eq!(imds.instance_data().vpc_id, "vpc-0123456789abcdef0");
 }
 
 #[tokio::test]

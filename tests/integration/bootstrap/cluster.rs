@@ -92,6 +92,7 @@ pub(super) async fn cluster(name: &str) -> Cluster {
             availability_zone: format!("{REGION}a"),
             private_ipv4: *ip,
             tags: tags(&[("kraken:cluster", name), ("kraken:roles", "consul-server")]),
+            vpc_id: None,
             tags_source: Default::default(),
         };
         let mut s = settings();

@@ -163,6 +163,21 @@ pub async fn launch(
     )
 }
 
+/// The VPC moto launched instance `id` in: what IMDS must report for it.
+pub async fn vpc_of(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
+    let out = ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    let instance = &out.reservations()[0].instances()[0];
+    instance
+        .vpc_id()
+        .expect("moto gives every instance a VPC")
+        .to_owned()
+}
+
 pub fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()

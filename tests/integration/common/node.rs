@@ -243,12 +243,13 @@ pub async fn boot_as(roles: &str, imds_outage: Duration, extra: &str) -> Node {
     ]);
     let (id, launched_ip) = launch(&ec2, &node_tags, Some((&subnet, ip))).await;
     assert_eq!(launched_ip, ip);
-    let imds = FakeImds::start(
-        "127.0.0.1:0".parse().unwrap(),
-        instance_data(&id, ip, node_tags),
-    )
-    .await
-    .unwrap();
+    let data = kraken_fake_imds::InstanceData {
+        vpc_id: vpc_of(&ec2, &id).await,
+        ..instance_data(&id, ip, node_tags)
+    };
+    let imds = FakeImds::start("127.0.0.1:0".parse().unwrap(), data)
+        .await
+        .unwrap();
 
     let dir = TestDir::new("node");
     let units = Units(dir.path().to_owned());

@@ -65,7 +65,8 @@ async fn plan<P: IdentityProvider>(
         Source::Ec2 => {
             let sdk = kraken_aws::sdk_config(&identity.region, &tuning::aws(settings)).await;
             let calls = kraken_aws::ApiCalls::default();
-            let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+            let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls)
+                .in_vpc(identity.vpc_id.clone());
             // A dry run reports what it finds now; it does not wait, and it
             // reads secrets without creating any.
             let peers = discovery::discover(&ec2, &spec).await?;

@@ -1,6 +1,9 @@
-//! Step 4: the cluster's servers, from EC2.
+//! Step 4: the cluster's servers, from EC2, until the node has converged
+//! (afterwards: [`super::follow`]).
 
-use kraken_discovery::{Backoff, Needed, PeerSource, Peers};
+use std::time::Duration;
+
+use kraken_discovery::{Backoff, Needed, PeerSource, Peers, jittered};
 use kraken_intent::{NodeSpec, Role};
 use kraken_settings::Settings;
 
@@ -41,11 +44,15 @@ pub fn uses_cloud_auto_join(spec: &NodeSpec, settings: &Settings) -> bool {
         && (needed.nomad_servers == 0 || settings.discovery.nomad_auto_join.is_some())
 }
 
-/// Queries until enough servers are found: refreshes with jittered
-/// backoff, reporting each shortfall through `status`.
+/// Queries until enough servers are found, reporting each shortfall
+/// through `status`: every `poll`, give or take half, so the node joins
+/// within about `poll` of the servers' launch; the source's
+/// [`kraken_discovery::CallBudget`] slows a long wait down. Errors back off
+/// with `backoff`.
 pub async fn discover_until_enough<S: PeerSource>(
     source: &S,
     spec: &NodeSpec,
+    poll: Duration,
     backoff: &mut Backoff,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Peers, BootError> {
@@ -56,11 +63,12 @@ pub async fn discover_until_enough<S: PeerSource>(
             Ok(peers) => match peers.shortfall(needed) {
                 None => return result,
                 Some(short) => {
-                    let delay = backoff.next_delay();
+                    backoff.reset();
+                    let delay = jittered(poll, 0.5);
                     status(&format!(
-                        "waiting for servers of cluster {}: {short}; looking again in {}s",
+                        "waiting for servers of cluster {}: {short}; looking again in {:.1}s",
                         spec.cluster,
-                        delay.as_secs()
+                        delay.as_secs_f64()
                     ));
                     delay
                 }

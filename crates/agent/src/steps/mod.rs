@@ -17,6 +17,7 @@ pub mod apply;
 pub mod autopilot;
 pub mod bootstrap;
 pub mod discovery;
+pub mod follow;
 pub mod node;
 pub mod pki;
 pub mod render;

@@ -158,6 +158,41 @@ impl Consul {
         self.http.get_json(&format!("/v1/health/node/{node}")).await
     }
 
+    /// The addresses of the passing instances of `service` tagged `tag`
+    /// (`service:read`, `node:read`). `stale`: any server answers, so this
+    /// works while the cluster has no leader, as long as one server lives.
+    pub async fn passing_addresses(
+        &self,
+        service: &str,
+        tag: &str,
+    ) -> Result<Vec<String>, HashiError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "Node")]
+            node: Address,
+            #[serde(rename = "Service")]
+            service: Address,
+        }
+        #[derive(Deserialize)]
+        struct Address {
+            #[serde(rename = "Address", default)]
+            address: String,
+        }
+        let entries: Vec<Entry> = self
+            .http
+            .get_json(&format!(
+                "/v1/health/service/{service}?passing&stale&tag={tag}"
+            ))
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| match e.service.address {
+                a if a.is_empty() => e.node.address,
+                a => a,
+            })
+            .collect())
+    }
+
     /// The names of the services registered on `node`, from the catalog
     /// (`node:read`, `service:read`); empty for a node Consul does not know.
     pub async fn node_service_names(&self, node: &str) -> Result<Vec<String>, HashiError> {

@@ -216,7 +216,8 @@ fn httpdate_to_unix(s: &str) -> Option<i64> {
 pub(super) async fn discovery(ctx: &mut Context<'_>) -> Check {
     let spec = ctx.spec();
     let aws = ctx.aws();
-    let source = Ec2Peers::new(aws.ec2.clone(), aws.calls.clone());
+    let source =
+        Ec2Peers::new(aws.ec2.clone(), aws.calls.clone()).in_vpc(ctx.identity().vpc_id.clone());
     match tokio::time::timeout(DEADLINE, discovery_step::discover(&source, spec)).await {
         Ok(Ok(peers)) => {
             let needed = discovery_step::needed(spec);

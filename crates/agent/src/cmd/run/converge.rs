@@ -4,7 +4,7 @@
 //! starts once, with it (a restart of every Nomad server right after the
 //! bootstrap cost the clients that had registered a minute or more).
 
-use kraken_discovery::{Ec2Peers, Peers};
+use kraken_discovery::{Budgeted, Ec2Peers, Peers};
 use kraken_hashi::Token;
 use kraken_identity::{Identity, ImdsIdentity};
 use kraken_intent::NodeSpec;
@@ -13,6 +13,7 @@ use kraken_secrets::Store;
 use serde_json::json;
 
 use super::state::{Agent, Converged, OwnTokens};
+use crate::steps::follow::Follow;
 use crate::steps::pki::{self, LeafReport, NodeAuthorities};
 use crate::steps::secrets::SecretsMode;
 use crate::steps::{bootstrap, discovery, node, secrets, start, tokens};
@@ -51,7 +52,11 @@ impl Agent {
 
         // Step 4.
         let calls = kraken_aws::ApiCalls::default();
-        let ec2 = Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls);
+        let ec2 = Budgeted::new(
+            Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls)
+                .in_vpc(identity.vpc_id.clone()),
+            tuning::call_budget(&settings),
+        );
         let peers = self.discover(&ec2, &spec, provider.ec2_calls()).await?;
 
         // Steps 3 and 5 for certificates, then 5 for configs.
@@ -125,6 +130,7 @@ impl Agent {
         }
         let own = OwnTokens::read(&spec, &store).await?;
         Ok(Converged {
+            follow: Follow::new(&spec, &settings),
             identity,
             spec,
             peers,
@@ -148,7 +154,7 @@ impl Agent {
     /// auto-join).
     async fn discover(
         &mut self,
-        ec2: &Ec2Peers,
+        ec2: &Budgeted<Ec2Peers>,
         spec: &NodeSpec,
         identity_calls: u64,
     ) -> Result<Peers, BootError> {
@@ -161,9 +167,11 @@ impl Agent {
             Peers::default()
         } else {
             let mut backoff = tuning::discovery_backoff(&self.settings);
+            let poll = tuning::discovery_poll(&self.settings);
             let peers =
-                discovery::discover_until_enough(ec2, spec, &mut backoff, &self.progress()).await;
-            self.status.ec2_api_calls = ec2.api_calls() + identity_calls;
+                discovery::discover_until_enough(ec2, spec, poll, &mut backoff, &self.progress())
+                    .await;
+            self.status.ec2_api_calls = ec2.inner().api_calls() + identity_calls;
             let peers = peers?;
             log::info!(
                 "discovery: {} EC2 API calls so far",

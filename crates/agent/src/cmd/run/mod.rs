@@ -7,6 +7,7 @@
 //! sysexits code after saying exactly what to fix.
 
 mod converge;
+mod servers;
 mod state;
 mod watch;
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kraken_discovery::{Ec2Peers, Peers};
+use kraken_discovery::{Budgeted, Ec2Peers, Peers};
 use kraken_identity::Identity;
 use kraken_intent::NodeSpec;
 use kraken_ready::{Notifier, Status, StatusFile};
@@ -38,7 +38,10 @@ pub(super) struct Converged {
     pub identity: Identity,
     pub spec: NodeSpec,
     pub peers: Peers,
-    pub ec2: Ec2Peers,
+    /// EC2, through the node's call budget.
+    pub ec2: Budgeted<Ec2Peers>,
+    /// Where the servers come from now (Consul on clients).
+    pub follow: crate::steps::follow::Follow,
     /// This node's intermediates, with TLS on: the watch loop renews the
     /// leaf certificates with them.
     pub authorities: Option<NodeAuthorities>,

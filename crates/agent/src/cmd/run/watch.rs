@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::apply::Outcome;
-use crate::steps::{autopilot, bootstrap, discovery, pki, tokens};
+use crate::steps::{autopilot, bootstrap, discovery, pki};
 use kraken_secrets::SecretStore;
 
 use crate::{BootError, clients};
@@ -23,8 +23,13 @@ use crate::{BootError, clients};
 /// A period, give or take a tenth: nodes that booted together do not call
 /// AWS and Consul in step for the rest of their lives.
 fn jittered(period: Duration) -> Duration {
-    let tenth = period.as_millis() as u64 / 10;
-    period - Duration::from_millis(tenth) + Duration::from_millis(fastrand::u64(0..=2 * tenth))
+    kraken_discovery::jittered(period, 0.1)
+}
+
+/// The token check reads the secret store (and, on servers, runs the
+/// upkeep): give or take a quarter, so a fleet's reads spread out.
+fn jittered_wide(period: Duration) -> Duration {
+    kraken_discovery::jittered(period, 0.25)
 }
 
 impl Agent {
@@ -32,7 +37,7 @@ impl Agent {
         let settings = self.settings.clone();
         let period = Duration::from_secs(settings.discovery.refresh_secs.max(1));
         let token_period = Duration::from_secs(settings.bootstrap.token_check_secs.max(1));
-        let mut next_token_check = Instant::now() + jittered(token_period);
+        let mut next_token_check = Instant::now() + jittered_wide(token_period);
         let auto_join = discovery::uses_cloud_auto_join(&node.spec, &settings);
         let services: Vec<Service> = [Service::Consul, Service::Docker, Service::Nomad]
             .into_iter()
@@ -42,7 +47,7 @@ impl Agent {
             tokio::time::sleep(jittered(period)).await;
             let mut rerender = false;
             if Instant::now() >= next_token_check {
-                next_token_check = Instant::now() + jittered(token_period);
+                next_token_check = Instant::now() + jittered_wide(token_period);
                 match OwnTokens::read(&node.spec, &node.store).await {
                     Ok(own) => node.own = own,
                     Err(e) => {
@@ -51,17 +56,7 @@ impl Agent {
                 }
                 self.upkeep(&node).await;
                 self.autopilot(&node).await;
-                let state = match self.own_consul(&node) {
-                    Ok(consul) => kraken_bootstrap::read_state(&consul, &node.spec.cluster)
-                        .await
-                        .map(|(state, _)| state)
-                        .map_err(|e| log::debug!("bootstrap state unreadable: {e}"))
-                        .ok(),
-                    Err(_) => None,
-                };
-                let refreshed =
-                    tokens::refresh(&node.store, &node.spec, &mut self.secrets, state.as_ref());
-                match refreshed.await {
+                match self.refresh_tokens(&node).await {
                     Ok(true) => {
                         log::info!("this node's role tokens changed in the secret store (rotated)");
                         rerender = true;
@@ -80,19 +75,7 @@ impl Agent {
                 self.status_file.write(&mut self.status);
             }
             if !auto_join {
-                match discovery::discover(&node.ec2, &node.spec).await {
-                    Ok(peers) if peers != node.peers => {
-                        log::info!("servers changed: {:?} -> {:?}", node.peers, peers);
-                        self.record("discovery", &peers);
-                        node.peers = peers;
-                        rerender = true;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.is_transient() => log::warn!("{e}"),
-                    Err(e) => return Err(e),
-                }
-                self.status.ec2_api_calls = node.ec2.api_calls();
-                self.status_file.write(&mut self.status);
+                rerender |= self.follow_servers(&mut node).await?;
             }
             if rerender {
                 self.render_and_install(&node.identity, &node.spec, &node.peers)?;
@@ -231,7 +214,7 @@ impl Agent {
 
     /// The agent's own Consul client: the servers' token on servers, the
     /// agent token elsewhere; never the management token.
-    fn own_consul(&self, node: &Converged) -> Result<Consul, BootError> {
+    pub(super) fn own_consul(&self, node: &Converged) -> Result<Consul, BootError> {
         let token = node
             .own
             .consul_server

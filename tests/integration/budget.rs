@@ -1,0 +1,245 @@
+//! The account-wide budget, measured (docs/benchmarks.md, "EC2 and SSM
+//! calls at scale"): 200 agents' discovery, the real code in one process,
+//! each with its own EC2 client, call counter and budget, against moto
+//! holding 1,000 instances; their calls per node in each phase must be the
+//! figures the projection multiplies.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use kraken_agent::steps::discovery::discover_until_enough;
+use kraken_agent::steps::follow::{Follow, Via};
+use kraken_discovery::{Backoff, Budgeted, Ec2Peers};
+use kraken_hashi::Consul;
+use kraken_intent::NodeSpec;
+use kraken_settings::Settings;
+use kraken_testkit::{ConsulDev, Moto, http_client};
+
+use crate::common::*;
+
+/// 1,000 instances: 25 clusters of 40 (3 servers, 37 clients), each in a
+/// VPC of its own. moto looks tags up by scanning every tag it holds, so a
+/// query costs it time in proportion to the instances in the queried VPC
+/// times all instances: 200 instances a VPC made each call take a second.
+const CLUSTERS: usize = 25;
+const INSTANCES_PER_CLUSTER: i32 = 40;
+/// 200 agents, 8 a cluster: in the first 5 clusters its 3 servers and 5
+/// clients, elsewhere 8 clients.
+const AGENTS_PER_CLUSTER: usize = 8;
+const CLUSTERS_WITH_SERVER_AGENTS: usize = 5;
+const SERVERS: &str = "consul-server,nomad-server";
+
+fn cluster_tags(cluster: &str, roles: &str) -> BTreeMap<String, String> {
+    tags(&[("kraken:cluster", cluster), ("kraken:roles", roles)])
+}
+
+/// `count` instances with these tags in one RunInstances call; their ids.
+async fn run(
+    ec2: &aws_sdk_ec2::Client,
+    subnet: &str,
+    t: &BTreeMap<String, String>,
+    count: i32,
+) -> Vec<String> {
+    let spec = t.iter().fold(
+        TagSpecification::builder().resource_type(ResourceType::Instance),
+        |s, (k, v)| s.tags(Tag::builder().key(k).value(v).build()),
+    );
+    let out = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .subnet_id(subnet)
+        .min_count(count)
+        .max_count(count)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    out.instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect()
+}
+
+struct Node {
+    spec: NodeSpec,
+    ec2: Budgeted<Ec2Peers>,
+    follow: Follow,
+}
+
+impl Node {
+    fn calls(&self) -> u64 {
+        self.ec2.inner().api_calls()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_make_the_projected_calls() {
+    let t0 = Instant::now();
+    let moto = Moto::start().await;
+    let ec2 = ec2(&moto.endpoint()).await;
+    let (mut server_ids, mut subnets, mut vpcs) = (Vec::new(), Vec::new(), Vec::new());
+    for c in 0..CLUSTERS {
+        let name = format!("c{c}");
+        let subnet = loopback_subnet(&ec2, 100 + c as u8, 1).await;
+        server_ids.push(run(&ec2, &subnet, &cluster_tags(&name, SERVERS), 3).await);
+        let clients = cluster_tags(&name, "nomad-client");
+        run(&ec2, &subnet, &clients, INSTANCES_PER_CLUSTER - 3).await;
+        vpcs.push(vpc_of(&ec2, &server_ids[c][0]).await);
+        subnets.push(subnet);
+    }
+    let launched = t0.elapsed();
+    eprintln!("budget: 1,000 instances launched in {launched:?}");
+
+    // The settings as shipped, but for a server refresh short enough to
+    // see several in the test's steady state.
+    let mut settings = Settings::default();
+    settings.discovery.server_refresh_secs = 2;
+    let sdk = sdk_for(&moto.endpoint(), TEST_KEY).await;
+    let node = |roles: &str, c: usize| {
+        let calls = kraken_aws::ApiCalls::default();
+        let t = cluster_tags(&format!("c{c}"), roles);
+        let spec = NodeSpec::from_tags(&t, &settings.intent).unwrap();
+        Node {
+            follow: Follow::new(&spec, &settings),
+            spec,
+            ec2: Budgeted::new(
+                Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls)
+                    .in_vpc(Some(vpcs[c].clone())),
+                kraken_agent::tuning::call_budget(&settings),
+            ),
+        }
+    };
+    let mut nodes: Vec<Node> = (0..CLUSTERS)
+        .flat_map(|c| {
+            let servers = if c < CLUSTERS_WITH_SERVER_AGENTS {
+                3
+            } else {
+                0
+            };
+            (0..AGENTS_PER_CLUSTER)
+                .map(|i| node(if i < servers { SERVERS } else { "nomad-client" }, c))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(nodes.len(), 200);
+
+    // Boot, the servers there: one DescribeInstances each.
+    let booted = Instant::now();
+    let poll = kraken_agent::tuning::discovery_poll(&settings);
+    let mut set = tokio::task::JoinSet::new();
+    for n in nodes.drain(..) {
+        set.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(2));
+            let peers = discover_until_enough(&n.ec2, &n.spec, poll, &mut backoff, &|_| {}).await;
+            assert_eq!(peers.unwrap().consul_servers.len(), 3);
+            n
+        });
+    }
+    nodes = set.join_all().await;
+    let boot_calls: Vec<u64> = nodes.iter().map(Node::calls).collect();
+    assert!(boot_calls.iter().all(|c| *c == 1), "boot: {boot_calls:?}");
+    let boot_time = booted.elapsed();
+    eprintln!("budget: 200 agents booted in {boot_time:?}");
+
+    // Converged: ten refresh periods (500 ms here). Clients follow Consul
+    // (one real agent stands for each node's own, with Nomad registered as
+    // it registers itself), servers ask EC2 every 2 s ± a quarter.
+    // One agent serves 200 nodes here: Consul's default limit of 200 HTTP
+    // connections per client address would refuse some of them.
+    let consul_agent =
+        ConsulDev::start_with_args(&["-hcl", "limits { http_max_conns_per_client = 1000 }"]).await;
+    let registered = http_client()
+        .put(format!(
+            "{}/v1/agent/service/register",
+            consul_agent.http_url()
+        ))
+        .json(&serde_json::json!({
+            "Name": "nomad", "ID": "nomad-rpc", "Tags": ["rpc"],
+            "Address": consul_agent.ip().to_string(), "Port": 4647,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success());
+    let consul = Consul::new(&consul_agent.http_url(), None).unwrap();
+    let (steady, periods, period) = (Instant::now(), 10u64, Duration::from_millis(500));
+    for _ in 0..periods {
+        let mut set = tokio::task::JoinSet::new();
+        for mut n in nodes.drain(..) {
+            let consul = consul.clone();
+            set.spawn(async move {
+                let round = n.follow.refresh(&n.spec, &consul, &n.ec2).await.unwrap();
+                let want = if is_server(&n) { Via::Ec2 } else { Via::Consul };
+                if let Some((_, via)) = round
+                    && via != want
+                {
+                    let why = kraken_agent::steps::follow::from_consul(&consul, &n.spec).await;
+                    panic!("{via:?} for {:?}: {why:?}", n.spec.roles);
+                }
+                n
+            });
+        }
+        nodes = set.join_all().await;
+        tokio::time::sleep(period).await;
+    }
+    let window = steady.elapsed();
+    let servers: Vec<&Node> = nodes.iter().filter(|n| is_server(n)).collect();
+    let client_steady: u64 = nodes
+        .iter()
+        .filter(|n| !is_server(n))
+        .map(|n| n.calls() - 1)
+        .sum();
+    assert_eq!(client_steady, 0, "converged clients ask no EC2");
+    // A server: one call per 1.5 to 2.5 s, the first a period after boot,
+    // and at most one per round: on a busy machine (moto slower) rounds
+    // take longer and every round finds the refresh due.
+    let per_server: Vec<u64> = servers.iter().map(|n| n.calls() - 1).collect();
+    let most = ((window.as_secs_f64() / 1.5).ceil() as u64).min(periods);
+    let least = ((window.as_secs_f64() / 2.5).floor() as u64)
+        .saturating_sub(1)
+        .min(periods - 1);
+    assert!(
+        per_server.iter().all(|c| (least..=most).contains(c)),
+        "servers in {window:?}: {per_server:?}"
+    );
+
+    // A server replaced in c0: the new one asks once; nobody else asks more
+    // than their refresh would.
+    ec2.terminate_instances()
+        .instance_ids(&server_ids[0][0])
+        .send()
+        .await
+        .unwrap();
+    run(&ec2, &subnets[0], &cluster_tags("c0", SERVERS), 1).await;
+    let replacement = node(SERVERS, 0);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(2));
+    let peers = discover_until_enough(
+        &replacement.ec2,
+        &replacement.spec,
+        poll,
+        &mut backoff,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(peers.consul_servers.len(), 3);
+    assert_eq!(replacement.calls(), 1, "the replacement asks once");
+    nodes.push(replacement);
+
+    let total: u64 = nodes.iter().map(Node::calls).sum();
+    let servers_total: u64 = per_server.iter().sum();
+    eprintln!(
+        "budget: 1,000 instances launched in {launched:?}; 200 agents booted in {boot_time:?} \
+         with {} DescribeInstances (1 each); {periods} periods of {period:?} converged: \
+         clients 0, {} servers {servers_total} ({per_server:?}) in {window:?}; a server \
+         replaced: 1; {total} calls in all; test {:?}",
+        boot_calls.iter().sum::<u64>(),
+        per_server.len(),
+        t0.elapsed()
+    );
+}
+
+fn is_server(n: &Node) -> bool {
+    kraken_agent::steps::follow::is_server(&n.spec)
+}
