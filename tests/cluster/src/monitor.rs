@@ -151,8 +151,12 @@ async fn main_pids(init: u32) -> Option<(u32, u32)> {
 
 const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether the server answers at all. Any HTTP status counts: while the
+/// servers elect a new leader every Nomad server answers
+/// `/v1/status/leader` with a 500 ("No cluster leader"), and that is one
+/// election (measured as time without a leader), not servers down.
 async fn answers(api: &Api, url: &str, token: Option<(&str, &str)>) -> bool {
-    matches!(api.get_within(url, token, LOOK_TIMEOUT).await, Ok((200, _)))
+    api.get_within(url, token, LOOK_TIMEOUT).await.is_ok()
 }
 
 /// Whether any observer names a leader.
@@ -305,6 +309,9 @@ pub struct SystemSummary {
     pub max_down_at_once: usize,
     /// Per server: how long it was down in all.
     pub down_s: BTreeMap<String, f64>,
+    /// When (seconds after the start of the watch) two or more were down,
+    /// and which: the first ten such samples.
+    pub overlaps: Vec<(f64, Vec<String>)>,
     pub longest_leaderless_s: f64,
 }
 
@@ -386,17 +393,25 @@ fn system(
         let mut down_s: BTreeMap<String, f64> = BTreeMap::new();
         for (k, s) in samples.iter().enumerate() {
             let span = samples.get(k + 1).map_or(0.0, |n| n.at - s.at);
-            let mut down = 0;
+            let mut down = Vec::new();
             for &(i, server) in &watched {
                 let Some(look) = s.servers.get(i) else {
                     continue;
                 };
                 if pid(look) == Some(0) || !api(look) {
-                    down += 1;
+                    let why = if pid(look) == Some(0) {
+                        "stopped"
+                    } else {
+                        "silent"
+                    };
+                    down.push(format!("{} {why}", server.name));
                     *down_s.entry(server.name.clone()).or_default() += span;
                 }
             }
-            out.max_down_at_once = out.max_down_at_once.max(down);
+            out.max_down_at_once = out.max_down_at_once.max(down.len());
+            if down.len() >= 2 && out.overlaps.len() < 10 {
+                out.overlaps.push(((s.at * 10.0).round() / 10.0, down));
+            }
         }
         out.down_s = down_s
             .into_iter()
