@@ -290,7 +290,9 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
         })
         .unwrap();
 
-    // Consul stopped.
+    // Consul stopped, the agent frozen first: its watch would start Consul
+    // again within a refresh period, racing doctor.
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
     node.shim(&["stop", "consul.service"]);
     let (code, checks) = doctor(&node);
     let units = check(&checks, "units");
@@ -330,6 +332,7 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     assert!(c["cause"].as_str().unwrap().contains("hop limit"), "{c:#}");
     assert_eq!(check(&checks, "consul")["level"], "skip");
     node.imds.set_hang(false);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
 }
 
 /// Runs doctor on a "node" that is only IMDS + AWS: for faults that need
