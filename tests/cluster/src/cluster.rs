@@ -98,6 +98,9 @@ raw_exec = true
 
 {tls}[discovery]
 refresh_secs = 15
+# Servers too (300 s by default): a replaced server's address reaches the
+# others' configs before the scenario's doctor compares them.
+server_refresh_secs = 15
 "#
         ),
         hosts: Vec::new(),
