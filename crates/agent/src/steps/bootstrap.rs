@@ -100,3 +100,61 @@ pub async fn upkeep(
     let grace = Duration::from_secs(2 * settings.bootstrap.token_check_secs.max(1));
     Ok(b.upkeep(reader, grace).await?)
 }
+
+/// On a Nomad client, until the Nomad servers have finished their half of
+/// the bootstrap (a leader, ACLs, the keyring): a client whose Nomad starts
+/// before that registers, fails, and tries again only 15 to 30 s later,
+/// which was the whole slow tail of a cluster's boot. A client joining a
+/// running cluster reads the state once. Bounded by the leader deadline,
+/// then it starts anyway (Nomad retries on its own) and says so.
+pub async fn wait_for_nomad_servers(
+    settings: &Settings,
+    spec: &NodeSpec,
+    consul: &Consul,
+    status: &(dyn Fn(&str) + Sync),
+) {
+    if !spec.has(Role::NomadClient) || spec.has(Role::NomadServer) {
+        return;
+    }
+    let deadlines = tuning::deadlines(settings);
+    let key = kraken_bootstrap::state_key(&spec.cluster);
+    let started = std::time::Instant::now();
+    let mut index = 0;
+    let mut said = false;
+    while started.elapsed() < deadlines.leader {
+        // A blocking query: the state changes a handful of times in a
+        // cluster's life, so this wakes when the servers record a step.
+        let wait = Some((index, Duration::from_secs(30)));
+        match consul.kv_get(&key, wait).await {
+            Ok((pair, new_index)) => {
+                let done = pair
+                    .and_then(|p| serde_json::from_slice::<kraken_bootstrap::State>(&p.value).ok())
+                    .is_some_and(|s| s.phase_done(Phase::Nomad));
+                if done {
+                    return;
+                }
+                // An index that went backwards (a new leader's snapshot)
+                // restarts the blocking query from the start.
+                index = if new_index < index { 0 } else { new_index };
+                if index == 0 {
+                    // No state yet (Consul answers a missing key at once).
+                    tokio::time::sleep(deadlines.poll).await;
+                }
+            }
+            Err(e) => {
+                log::debug!("bootstrap state not readable yet: {e}");
+                tokio::time::sleep(deadlines.poll).await;
+            }
+        }
+        if !said {
+            status("waiting for the Nomad servers' bootstrap before starting Nomad");
+            said = true;
+        }
+    }
+    log::warn!(
+        "the Nomad servers of cluster {} have not finished their bootstrap after {}s \
+         (see `kraken-agent doctor` on a server); starting Nomad anyway",
+        spec.cluster,
+        deadlines.leader.as_secs()
+    );
+}

@@ -2,7 +2,8 @@
 //! again is inherent: the bootstrap needs Consul running, and makes the
 //! tokens the configs then carry. Nomad waits for its token, so that it
 //! starts once, with it (a restart of every Nomad server right after the
-//! bootstrap cost the clients that had registered a minute or more).
+//! bootstrap cost the clients that had registered a minute or more), and
+//! a client waits for the Nomad servers' bootstrap before starting its own.
 
 use kraken_discovery::{Budgeted, Ec2Peers, Peers};
 use kraken_hashi::Token;
@@ -107,6 +108,9 @@ impl Agent {
 
         // Step 6 for Nomad, with its token; then step 7, Nomad's half.
         if spec.runs_nomad() {
+            let token = self.secrets.consul_agent.as_ref();
+            let agent = clients::consul(&settings, token.map(|t| Token::new(t.expose())))?;
+            bootstrap::wait_for_nomad_servers(&settings, &spec, &agent, &progress).await;
             self.apply(&identity, &spec, &store, &[Service::Nomad])
                 .await?;
         }
