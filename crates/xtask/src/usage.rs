@@ -20,10 +20,13 @@ commands:
   cluster soak [--minutes M] [--leaf-lifetime-secs S]
                      a fresh small cluster with S-second certificates under
                      load for M minutes (JSON on stdout), then down
-  cluster bench [--topology small|seed] [--runs N] [--discovery agent|auto-join|both]
-                     boot timings, each node's READY distribution, EC2 calls
-                     and agent memory, against Consul's and Nomad's own cloud
-                     auto-join (JSON on stdout)
+  cluster bench [--topology small|seed] [--scenario simultaneous|staggered|add-client]
+                [--runs N] [--discovery agent|auto-join|both] [--stagger-secs S]
+                     join timings (every VM at once; clients first, then the
+                     servers S seconds apart; or clients added to a running
+                     cluster, agent start to node eligible), each node's READY
+                     distribution, EC2 calls and agent memory, against Consul's
+                     and Nomad's own cloud auto-join (JSON on stdout)
 
 environment:
   KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)

@@ -61,14 +61,22 @@ enum Command {
     Down,
     /// The fault scenario on the small topology; always tears down.
     Test,
-    /// Boot timings, EC2 calls and agent memory, against cloud auto-join;
+    /// Join timings, EC2 calls and agent memory, against cloud auto-join;
     /// always tears down.
     Bench {
         #[arg(long, value_enum, default_value = "small")]
         topology: Topology,
-        /// Boots per variant.
+        /// simultaneous: every VM at once; staggered: clients first, then
+        /// the servers one by one; add-client: clients added to a running
+        /// cluster, timed from agent start to node eligible.
+        #[arg(long, value_enum, default_value = "simultaneous")]
+        scenario: bench::Scenario,
+        /// Boots per variant (add-client: clients added per variant).
         #[arg(long, default_value_t = 1)]
         runs: u32,
+        /// staggered: between one server's start and the next.
+        #[arg(long, default_value_t = 30)]
+        stagger_secs: u64,
         #[arg(long, value_enum, default_value = "both")]
         discovery: bench::Discovery,
     },
@@ -100,14 +108,18 @@ fn main() -> ExitCode {
         }
         Command::Bench {
             topology,
+            scenario,
             runs,
+            stagger_secs,
             discovery,
         } => {
             let paths = cli.paths.clone();
             let bench = bench::Bench {
                 topology,
+                scenario,
                 runs,
                 discovery,
+                stagger: std::time::Duration::from_secs(stagger_secs),
             };
             let outcome = start(&paths).and_then(|()| block_on(bench.run(paths.clone())));
             eprintln!("cluster: tearing down");
