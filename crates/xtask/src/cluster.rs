@@ -80,9 +80,9 @@ pub fn run_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
     let root = cache_dir()?.join("cluster");
     fs::create_dir_all(&root)?;
     let bin = target.join("debug");
-    // Only `up`, `test` and `bench` boot VMs: `status` and `down` work with what is
-    // running, even if the sources changed since.
-    let boots = matches!(args[0].as_str(), "up" | "test" | "bench");
+    // Only these boot VMs: `status`, `down`, `upgrade` and `exec` work with
+    // what is running, even if the sources changed since.
+    let boots = matches!(args[0].as_str(), "up" | "test" | "bench" | "soak");
     let mut packages = vec!["kraken-cluster"];
     if boots {
         packages.extend(["kraken-agent", "kraken-fake-imds", "kraken-web"]);

@@ -66,6 +66,24 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
+    // A short bench: one client added to a running cluster, its join timed
+    // (a figure, not an assert) under load that must not fail.
+    let bench = [
+        "bench",
+        "--scenario",
+        "add-client",
+        "--runs",
+        "1",
+        "--discovery",
+        "agent",
+    ]
+    .map(String::from);
+    let code = step("cluster bench add-client", || {
+        cluster::run_with(&deps, &target, &bench)
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
     eprintln!(
         "xtask: all checks passed in {}",
         fmt_duration(started.elapsed())

@@ -17,6 +17,9 @@ commands:
   cluster test       the fault scenario on a fresh small cluster, then down
   cluster upgrade    on the running cluster: every server's agent restarted at
                      once with a new config version, then back (JSON on stdout)
+  cluster exec NODE -- CMD...
+                     run CMD inside a VM of the running cluster, e.g.
+                     `cluster exec server1 -- kraken-agent doctor`
   cluster soak [--minutes M] [--leaf-lifetime-secs S]
                      a fresh small cluster with S-second certificates under
                      load for M minutes (JSON on stdout), then down

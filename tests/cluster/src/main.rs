@@ -91,6 +91,14 @@ enum Command {
     /// An in-place agent upgrade on every server at once, on the running
     /// cluster (`up` first), then its undo.
     Upgrade,
+    /// Run a command inside a VM of the running cluster (all its
+    /// namespaces), e.g. `exec server1 -- kraken-agent doctor`; its output
+    /// and exit status are the command's.
+    Exec {
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +146,14 @@ fn main() -> ExitCode {
             outcome
         }
         Command::Upgrade => host::enter_hub().and_then(|()| block_on(upgrade(cli.paths))),
+        Command::Exec { node, command } => {
+            return host::enter_hub()
+                .and_then(|()| block_on_code(exec(cli.paths, node, command)))
+                .unwrap_or_else(|e| {
+                    eprintln!("cluster: error: {e:#}");
+                    ExitCode::FAILURE
+                });
+        }
         Command::Test => {
             let paths = cli.paths.clone();
             let outcome = start(&paths).and_then(|()| block_on(test(paths.clone())));
@@ -177,6 +193,36 @@ fn block_on<F: Future<Output = Result<bool>>>(f: F) -> Result<bool> {
             _ = term.recv() => anyhow::bail!("terminated"),
         }
     })
+}
+
+fn block_on_code(f: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    let mut code = ExitCode::FAILURE;
+    block_on(async {
+        code = f.await?;
+        Ok(true)
+    })?;
+    Ok(code)
+}
+
+async fn exec(paths: Paths, node: String, command: Vec<String>) -> Result<ExitCode> {
+    let cluster = Cluster::load(paths).await?;
+    let vm = cluster
+        .vms
+        .iter()
+        .find(|v| v.name == node && !v.gone)
+        .ok_or_else(|| {
+            let running: Vec<&str> = cluster
+                .vms
+                .iter()
+                .filter(|v| !v.gone)
+                .map(|v| v.name.as_str())
+                .collect();
+            anyhow::anyhow!("no running VM {node}; running: {}", running.join(", "))
+        })?;
+    let status = vm.exec_inherit(&command)?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
 }
 
 async fn up(paths: Paths, topology: Topology) -> Result<bool> {

@@ -275,6 +275,19 @@ impl Vm {
         host::run("nsenter", &all)
     }
 
+    /// Runs a command inside the VM with this process's stdin, stdout and
+    /// stderr: a person's shell into it.
+    pub fn exec_inherit(&self, command: &[String]) -> Result<std::process::ExitStatus> {
+        let init = self
+            .init_pid()
+            .with_context(|| format!("VM {} is not running", self.name))?;
+        std::process::Command::new("nsenter")
+            .args(["-t", &init.to_string(), "-a", "--"])
+            .args(command)
+            .status()
+            .with_context(|| format!("running nsenter into VM {}", self.name))
+    }
+
     /// The kraken-agent's journal, also after the VM is gone (persistent
     /// journal in the overlay's upper layer).
     pub fn agent_journal(&self) -> Result<String> {

@@ -9,7 +9,9 @@
 //! `staggered` boots the clients first, then the servers one by one
 //! `--stagger-secs` apart; `add-client` adds clients one at a time to a
 //! running cluster. JSON on stdout: `{"scenario", "agent", "auto_join",
-//! "ratio", ...}` with each run's figures; a table on stderr.
+//! "ratio", ...}` with each run's figures; a table on stderr. Times are
+//! figures; the bench fails only when a run cannot finish or a web request
+//! failed.
 
 mod add_client;
 mod boot;
@@ -187,6 +189,12 @@ impl Bench {
         if let Some(r) = ratio {
             eprintln!("ratio (auto-join over agent): {r}");
         }
+        // Times are figures; a failed request is a fault.
+        let failed: u64 = [&agent, &auto_join]
+            .iter()
+            .filter_map(|s| s.as_ref())
+            .map(|s| s.failed_web_requests)
+            .sum();
         for d in &ready {
             eprintln!(
                 "\n{}: READY over {} boots ({} nodes): min {}s, median {}s, p90 {}s, max {}s; \
@@ -202,7 +210,10 @@ impl Bench {
                 d.missing
             );
         }
-        Ok(true)
+        if failed > 0 {
+            eprintln!("bench: {failed} web requests failed");
+        }
+        Ok(failed == 0)
     }
 }
 
