@@ -49,6 +49,28 @@ pub(super) struct Converged {
     /// The agent's own tokens on servers (routine calls never use a
     /// management token), read at converge and at every token check.
     pub own: OwnTokens,
+    /// On Consul servers: the server list this node last published or
+    /// found published, while its Consul leads.
+    pub published: Option<crate::steps::published::Published>,
+}
+
+impl Converged {
+    /// The store for one token check: on servers, with every token the
+    /// check reads fetched in one batch (`steps::tokens::check_names`); a
+    /// failed batch is logged and the check reads one by one.
+    pub async fn check_store(&self) -> Store {
+        let names = crate::steps::tokens::check_names(&self.spec);
+        if names.is_empty() {
+            return self.store.clone();
+        }
+        match self.store.snapshot(&names).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("reading the token check's secrets in one batch: {e}");
+                self.store.clone()
+            }
+        }
+    }
 }
 
 #[derive(Default)]
