@@ -9,9 +9,10 @@
 //! It writes when that set changes, and otherwise once every
 //! [`REPUBLISH`] so that readers can tell a live list from an abandoned
 //! one. A reader uses a list younger than [`MAX_AGE`] that names every
-//! kind of server it needs; anything else, and a list that does not lead
-//! to a Consul leader within [`crate::tuning::PUBLISHED_JOIN`], falls back
-//! to EC2.
+//! kind of server it needs and of which a Consul server answers on its
+//! gossip port; anything else falls back to EC2, and so does the next
+//! attempt after a convergence with the list failed, or when it did not
+//! lead to a Consul leader within [`crate::tuning::PUBLISHED_JOIN`].
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -97,6 +98,40 @@ pub async fn read_at_boot(store: &Store, batch: &[&str]) -> Option<Published> {
     } else {
         None
     }
+}
+
+/// Consul's gossip port, where a client's join goes first.
+const SERF_LAN: u16 = 8301;
+/// How long each listed server gets to accept a connection.
+const PROBE: Duration = Duration::from_secs(2);
+
+/// Whether any listed Consul server accepts a TCP connection on its gossip
+/// port: a list whose servers were all replaced is told apart in seconds,
+/// before the configs are written with it. (An address that answers but
+/// is no server of this cluster fails the join instead; the convergence
+/// then fails, and the next one asks EC2.)
+pub async fn reachable(peers: &Peers) -> bool {
+    let mut probes = tokio::task::JoinSet::new();
+    for ip in &peers.consul_servers {
+        let addr = std::net::SocketAddr::from((*ip, SERF_LAN));
+        probes.spawn(async move {
+            matches!(
+                tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            )
+        });
+    }
+    while let Some(answered) = probes.join_next().await {
+        if answered.unwrap_or(false) {
+            return true;
+        }
+    }
+    log::warn!(
+        "discovery: none of the published Consul servers {:?} answers on port {SERF_LAN}; \
+         asking EC2",
+        peers.consul_servers
+    );
+    false
 }
 
 /// The servers as the Consul agent at `consul` sees them now; an error

@@ -55,7 +55,16 @@ impl Agent {
         let boot_names = secrets::boot_names(&spec, &settings);
         let boot_store = store.snapshot(&boot_names).await?;
         self.secrets = secrets::secrets(&boot_store, &spec, &settings, SecretsMode::Boot).await?;
-        let published = published::read_at_boot(&boot_store, &boot_names).await;
+        let published = match published::read_at_boot(&boot_store, &boot_names).await {
+            Some(_) if self.distrust_published => {
+                log::info!(
+                    "discovery: the last convergence with the published servers failed; \
+                     asking EC2"
+                );
+                None
+            }
+            list => list,
+        };
 
         // Step 4.
         let calls = kraken_aws::ApiCalls::default();
@@ -147,6 +156,7 @@ impl Agent {
             start::wait_nomad_registered(&settings, &agent, &spec, &identity.instance_id).await?;
         }
         let own = OwnTokens::read(&spec, &store).await?;
+        self.distrust_published = false;
         Ok(Converged {
             follow: Follow::new(&spec, &settings),
             identity,
@@ -190,7 +200,12 @@ impl Agent {
             return Ok((Peers::default(), false));
         }
         self.status.ec2_api_calls = identity_calls;
-        if let Some(peers) = discovery::usable_published(published.as_ref(), spec) {
+        if let Some(peers) = discovery::usable_published(published.as_ref(), spec)
+            && published::reachable(&peers).await
+        {
+            // Until this convergence succeeds: a failure after here may be
+            // the list's, and the next attempt must not trust it again.
+            self.distrust_published = true;
             self.record("discovery", &peers);
             return Ok((peers, true));
         }
