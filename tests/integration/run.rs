@@ -59,6 +59,20 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
         .find(|l| l.starts_with("VmHWM:"))
         .unwrap()
         .to_owned();
+    // The Consul leader's agent (this one) published the servers for
+    // booting clients, from what Consul knows.
+    let ssm = aws_sdk_ssm::Client::new(&sdk_for(&node.moto.endpoint(), TEST_KEY).await);
+    let list = ssm
+        .get_parameter()
+        .name("/kraken/solo/servers")
+        .with_decryption(true)
+        .send()
+        .await
+        .expect("the server list is published");
+    let list: kraken_agent::steps::published::Published =
+        serde_json::from_str(list.parameter().unwrap().value().unwrap()).unwrap();
+    assert!(list.consul_servers.contains(&node.ip), "{list:?}");
+    assert!(list.instances.contains(&node.id), "{list:?}");
     let calls_after_watch: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("run/status.json")).unwrap()).unwrap();
     eprintln!(
@@ -165,9 +179,11 @@ async fn all_secrets(endpoint: &str) -> Vec<String> {
             .send()
             .await
             .unwrap();
+        // The published server list is not a secret.
         values.extend(
             out.parameters()
                 .iter()
+                .filter(|p| !p.name().is_some_and(|n| n.ends_with("/servers")))
                 .filter_map(|p| p.value().map(str::to_owned)),
         );
         next = out.next_token().map(str::to_owned);

@@ -76,3 +76,9 @@ pub fn lease(settings: &Settings) -> LeaseSettings {
 pub fn secret_wait(settings: &Settings) -> Duration {
     Duration::from_secs(settings.bootstrap.token_wait_secs)
 }
+
+/// How long a client that took its servers from the published list
+/// (`steps::published`) waits for its Consul to see a leader through them
+/// before it asks EC2 instead. A right list joins in about a second; a
+/// stale one (every server replaced since) costs this much, once.
+pub const PUBLISHED_JOIN: Duration = Duration::from_secs(20);

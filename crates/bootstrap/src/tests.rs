@@ -266,7 +266,7 @@ fn the_nomad_server_policy_covers_the_lease_and_the_state() {
         .and_then(|rest| rest.split('"').next())
         .expect("a key_prefix rule");
     // Only for the struct: nothing is read or written.
-    let store = Store::Dir(DirStore::new(&std::env::temp_dir(), "blue").unwrap());
+    let store = Store::from(DirStore::new(&std::env::temp_dir(), "blue").unwrap());
     let bootstrap = Bootstrap {
         consul: Consul::new("http://127.0.0.1:8500", None).unwrap(),
         nomad: None,

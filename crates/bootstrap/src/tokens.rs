@@ -119,8 +119,12 @@ impl Bootstrap<'_> {
         }
         report.policies = crate::policies::ensure(reader, &self.consul, &self.cluster).await?;
         let mut changed = false;
-        for (name, description, policy) in ROLE_TOKENS {
-            let stored = self.store.get(name).await?;
+        // One batched read (one SSM transaction) for every role token.
+        let all_stored = self
+            .store
+            .get_many(&ROLE_TOKENS.map(|(name, _, _)| name))
+            .await?;
+        for ((name, description, policy), stored) in ROLE_TOKENS.into_iter().zip(all_stored) {
             let record = state.tokens.get(name).cloned();
             let known = match &stored {
                 Some(s) => self

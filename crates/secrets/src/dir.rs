@@ -60,6 +60,15 @@ impl SecretStore for DirStore {
         blocking(move || job.read()).await
     }
 
+    /// Files cost no transaction: one read each, all on one blocking task.
+    async fn get_many(&self, names: &[&str]) -> Result<Vec<Option<Secret>>, SecretError> {
+        let jobs = names
+            .iter()
+            .map(|n| self.job(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        blocking(move || jobs.iter().map(|j| j.read()).collect()).await
+    }
+
     async fn create(&self, name: &str, value: &Secret) -> Result<Created, SecretError> {
         let job = self.job(name)?;
         non_empty(name, value)?;

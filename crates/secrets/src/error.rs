@@ -27,7 +27,9 @@ pub enum SecretError {
     Ssm {
         name: String,
         parameter: String,
-        /// The IAM action that failed, e.g. `ssm:GetParameter`.
+        /// The IAM action that failed, e.g. `ssm:GetParameter`. For a
+        /// batched read (`ssm:GetParameters`), `name` and `parameter` list
+        /// every name of the batch, separated by ", ".
         action: &'static str,
         /// Boxed: it is the largest part, and errors travel by value.
         failure: Box<Failure>,
@@ -105,19 +107,36 @@ fn ssm_message(
     failure: &Failure,
     kms_key_id: Option<&str>,
 ) -> String {
-    let mut text = format!(
-        "secret {name} (SSM parameter {parameter}): {}",
-        failure.describe(action)
-    );
+    let mut text = if parameter.contains(", ") {
+        format!(
+            "secrets {name} (SSM parameters {parameter}): {}",
+            failure.describe(action)
+        )
+    } else {
+        format!(
+            "secret {name} (SSM parameter {parameter}): {}",
+            failure.describe(action)
+        )
+    };
     if matches!(failure, Failure::Rejected { code, .. } if code == "InvalidKeyId") {
         text.push_str("; check [secrets] kms_key_id: the key must exist in this region");
     }
     if let Failure::AccessDenied { .. } = failure {
-        text.push_str(&format!(
-            "; the resource is arn:aws:ssm:<region>:<account>:parameter{parameter}"
-        ));
+        // A batched read names every parameter of the batch.
+        let resources: Vec<String> = parameter
+            .split(", ")
+            .map(|p| format!("arn:aws:ssm:<region>:<account>:parameter{p}"))
+            .collect();
+        if resources.len() == 1 {
+            text.push_str(&format!("; the resource is {}", resources[0]));
+        } else {
+            text.push_str(&format!(
+                "; the resources are {} (a batched read needs the grant on each)",
+                resources.join(", ")
+            ));
+        }
         if let Some(key) = kms_key_id {
-            let kms_action = if action == "ssm:GetParameter" {
+            let kms_action = if action.starts_with("ssm:GetParameter") {
                 "kms:Decrypt"
             } else {
                 "kms:Encrypt"

@@ -50,6 +50,6 @@ pub use dir::DirStore;
 pub use error::SecretError;
 pub use secret::Secret;
 pub use secret_store::{Created, SecretStore};
-pub use ssm::{SsmStore, ssm_client};
+pub use ssm::{BATCH, SsmStore, ssm_client};
 pub use store::Store;
 pub use validate::validate_name;

@@ -30,3 +30,8 @@ pub const PKI_CONSUL_SERVER: &str = "pki/consul-server";
 pub const PKI_CONSUL_CLIENT: &str = "pki/consul-client";
 pub const PKI_NOMAD_SERVER: &str = "pki/nomad-server";
 pub const PKI_NOMAD_CLIENT: &str = "pki/nomad-client";
+/// Where the cluster's servers are, as its Consul leader's agent last saw
+/// them (JSON, not secret): a booting client reads it in the same batch as
+/// its secrets instead of asking EC2 (`docs/architecture.md`). Written by
+/// Consul servers, read by every node.
+pub const SERVERS: &str = "servers";

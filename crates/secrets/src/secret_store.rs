@@ -20,6 +20,16 @@ pub trait SecretStore: Send + Sync {
     /// The secret, or `None` when it has not been created yet.
     fn get(&self, name: &str) -> impl Future<Output = Result<Option<Secret>, SecretError>> + Send;
 
+    /// Several secrets at once, in the order of `names`: `None` for each
+    /// one not created yet. On SSM this is one `GetParameters` transaction
+    /// per 10 names instead of one `GetParameter` each, which is what keeps
+    /// a fleet's boot storm under the account's throughput
+    /// (`docs/benchmarks.md`).
+    fn get_many(
+        &self,
+        names: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Secret>>, SecretError>> + Send;
+
     /// Creates the secret unless it exists, atomically: of any number of
     /// concurrent creators exactly one gets [`Created::Won`], every other
     /// one [`Created::Lost`] with the winner's value.

@@ -38,6 +38,10 @@ pub struct SsmStore {
 // before it is read back. Both settle quickly.
 const RACE_ATTEMPTS: u32 = 6;
 
+/// The most names one `GetParameters` call takes (an SSM limit); each call
+/// is one transaction against the account's throughput, whatever it holds.
+pub const BATCH: usize = 10;
+
 impl SsmStore {
     /// `kms_key_id` (an id, ARN or `alias/...`) encrypts what this store
     /// creates; `None` is the account's `aws/ssm` key.
@@ -88,18 +92,48 @@ impl SsmStore {
                 "SSM answered without the parameter",
             ));
         };
-        if p.r#type() != Some(&ParameterType::SecureString) {
-            // Readable, so usable; but stored in plain text, which someone
-            // should fix by recreating it as a SecureString.
-            log::warn!(
-                "secret {name}: SSM parameter {parameter} is not a SecureString; recreate it \
-                 with type SecureString"
-            );
-        }
-        match p.value() {
-            Some(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
-            _ => Err(corrupt(name, parameter, "the parameter has no value")),
-        }
+        usable(name, parameter, p).map(Some)
+    }
+
+    /// One `GetParameters` transaction for up to [`BATCH`] names: the
+    /// values found, `None` for the ones SSM lists as invalid (missing).
+    async fn read_batch(&self, names: &[&str]) -> Result<Vec<Option<Secret>>, SecretError> {
+        let parameters = names
+            .iter()
+            .map(|n| self.parameter_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .get_parameters()
+            .set_names(Some(parameters.clone()))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| {
+                // Every name of the batch, so that a denial names each
+                // parameter the role must be granted.
+                self.error(
+                    &names.join(", "),
+                    &parameters.join(", "),
+                    "ssm:GetParameters",
+                    &e,
+                    None,
+                )
+            })?;
+        let found: std::collections::HashMap<&str, &aws_sdk_ssm::types::Parameter> = out
+            .parameters()
+            .iter()
+            .filter_map(|p| Some((p.name()?, p)))
+            .collect();
+        names
+            .iter()
+            .zip(&parameters)
+            .map(|(name, parameter)| match found.get(parameter.as_str()) {
+                Some(p) => usable(name, parameter, p).map(Some),
+                // Listed in InvalidParameters: it does not exist (yet).
+                None => Ok(None),
+            })
+            .collect()
     }
 
     async fn send_put(
@@ -176,6 +210,14 @@ impl SecretStore for SsmStore {
         self.read(name, &parameter).await
     }
 
+    async fn get_many(&self, names: &[&str]) -> Result<Vec<Option<Secret>>, SecretError> {
+        let mut values = Vec::with_capacity(names.len());
+        for chunk in names.chunks(BATCH) {
+            values.extend(self.read_batch(chunk).await?);
+        }
+        Ok(values)
+    }
+
     async fn create(&self, name: &str, value: &Secret) -> Result<Created, SecretError> {
         let parameter = self.parameter_name(name)?;
         non_empty(name, value)?;
@@ -248,6 +290,27 @@ fn forbidden_failure<E>(err: &SdkError<E, HttpResponse>) -> Failure {
     Failure::AccessDenied {
         code: element("Code").unwrap_or_else(|| "HTTP 403".to_owned()),
         message: element("Message").unwrap_or_default(),
+    }
+}
+
+/// The value of a parameter SSM returned, checked the same way for single
+/// and batched reads.
+fn usable(
+    name: &str,
+    parameter: &str,
+    p: &aws_sdk_ssm::types::Parameter,
+) -> Result<Secret, SecretError> {
+    if p.r#type() != Some(&ParameterType::SecureString) {
+        // Readable, so usable; but stored in plain text, which someone
+        // should fix by recreating it as a SecureString.
+        log::warn!(
+            "secret {name}: SSM parameter {parameter} is not a SecureString; recreate it \
+             with type SecureString"
+        );
+    }
+    match p.value() {
+        Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+        _ => Err(corrupt(name, parameter, "the parameter has no value")),
     }
 }
 

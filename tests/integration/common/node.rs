@@ -68,7 +68,8 @@ leader_timeout_secs = 120
 }
 
 pub struct Node {
-    pub moto: Moto,
+    /// Shared by the nodes of one cluster ([`boot_beside`]).
+    pub moto: std::sync::Arc<Moto>,
     pub imds: FakeImdsHandle,
     pub ip: std::net::Ipv4Addr,
     pub id: String,
@@ -232,16 +233,62 @@ pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
 pub async fn boot_as(roles: &str, imds_outage: Duration, extra: &str) -> Node {
     let ip = LoopbackAddrs::allocate(1)[0];
     let [_, b, c, _] = ip.octets();
-    let moto = Moto::start().await;
+    let moto = std::sync::Arc::new(Moto::start().await);
     let ec2 = ec2(&moto.endpoint()).await;
     let subnet = loopback_subnet(&ec2, b, c).await;
+    boot_in(moto, &subnet, ip, roles, imds_outage, extra).await
+}
+
+/// Boots another node of `first`'s cluster, in its subnet (the next free
+/// address of its /24) and on its moto, as a node of `roles`; waits for
+/// `READY=1`.
+pub async fn boot_beside(first: &Node, roles: &str, extra: &str) -> Node {
+    let ec2 = ec2(&first.moto.endpoint()).await;
+    let [a, b, c, _] = first.ip.octets();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("cidr-block")
+                .values(format!("{a}.{b}.{c}.0/24"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_owned();
+    // The /24 is this process's (LoopbackAddrs claims it whole); the first
+    // node has .1.
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+    let z = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(a, b, c, z);
+    boot_in(
+        first.moto.clone(),
+        &subnet,
+        ip,
+        roles,
+        Duration::ZERO,
+        extra,
+    )
+    .await
+}
+
+async fn boot_in(
+    moto: std::sync::Arc<Moto>,
+    subnet: &str,
+    ip: std::net::Ipv4Addr,
+    roles: &str,
+    imds_outage: Duration,
+    extra: &str,
+) -> Node {
+    let ec2 = ec2(&moto.endpoint()).await;
     let node_tags = tags(&[
         ("kraken:cluster", CLUSTER),
         ("kraken:roles", roles),
         ("kraken:consul-servers", "1"),
         ("kraken:nomad-servers", "1"),
     ]);
-    let (id, launched_ip) = launch(&ec2, &node_tags, Some((&subnet, ip))).await;
+    let (id, launched_ip) = launch(&ec2, &node_tags, Some((subnet, ip))).await;
     assert_eq!(launched_ip, ip);
     let data = kraken_fake_imds::InstanceData {
         vpc_id: vpc_of(&ec2, &id).await,

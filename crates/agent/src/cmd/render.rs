@@ -71,7 +71,9 @@ async fn plan<P: IdentityProvider>(
             // reads secrets without creating any.
             let peers = discovery::discover(&ec2, &spec).await?;
             let ssm_calls = kraken_aws::ApiCalls::default();
-            let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?;
+            let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?
+                .snapshot(&secrets::boot_names(&spec, settings))
+                .await?;
             let secrets =
                 secrets::secrets(&store, &spec, settings, secrets::SecretsMode::ReadOnly).await?;
             (peers, ec2.api_calls(), secrets)

@@ -8,6 +8,7 @@ use kraken_intent::{NodeSpec, Role};
 use kraken_settings::Settings;
 
 use crate::BootError;
+use crate::steps::published::{Published, now_unix};
 
 /// The servers a node must see before its config is worth writing: a
 /// server needs every expected peer of its kind (the first election waits
@@ -82,4 +83,39 @@ pub async fn discover_until_enough<S: PeerSource>(
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The published servers (`super::published`), when this node may boot
+/// from them: a client (a server needs every peer of its kind and sees a
+/// replaced one only in EC2), a list fresh enough, naming every kind of
+/// server the node needs. `None`: ask EC2.
+pub fn usable_published(published: Option<&Published>, spec: &NodeSpec) -> Option<Peers> {
+    if super::follow::is_server(spec) {
+        return None;
+    }
+    let Some(p) = published else {
+        log::info!("discovery: no published server list; asking EC2");
+        return None;
+    };
+    let now = now_unix();
+    if !p.fresh(now) {
+        log::info!(
+            "discovery: the published server list was written {}s ago; asking EC2",
+            now.saturating_sub(p.written_unix)
+        );
+        return None;
+    }
+    let peers = p.peers();
+    if let Some(short) = peers.shortfall(needed(spec)) {
+        log::info!("discovery: the published server list {short}; asking EC2");
+        return None;
+    }
+    log::info!(
+        "discovery: {} Consul and {} Nomad servers from the published list (written {}s ago), \
+         no EC2 call",
+        peers.consul_servers.len(),
+        peers.nomad_servers.len(),
+        now.saturating_sub(p.written_unix)
+    );
+    Some(peers)
 }

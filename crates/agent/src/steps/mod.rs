@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod follow;
 pub mod node;
 pub mod pki;
+pub mod published;
 pub mod render;
 pub mod restart;
 pub mod secrets;

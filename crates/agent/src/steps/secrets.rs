@@ -8,6 +8,7 @@ use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
 
+use crate::steps::{discovery, follow, pki};
 use crate::{BootError, tuning};
 
 /// How step 3 treats a missing cluster-wide secret.
@@ -72,6 +73,38 @@ pub async fn secrets(
         consul_agent: store.get(names::CONSUL_AGENT).await?,
         nomad_consul,
     })
+}
+
+/// Every name step 3 reads on this node (its secrets, its intermediates
+/// with TLS on, and on a client the published server list), for one
+/// batched read ([`Store::snapshot`]): a client booting into a running
+/// cluster makes one SSM transaction. Only names this node's role may read
+/// (`docs/secrets.md`): SSM refuses a whole batch for one denied name.
+pub fn boot_names(spec: &NodeSpec, settings: &Settings) -> Vec<&'static str> {
+    let mut names = vec![names::GOSSIP_KEY, names::CONSUL_AGENT];
+    let consul_server = spec.has(Role::ConsulServer);
+    if consul_server {
+        names.push(names::CONSUL_INITIAL_MANAGEMENT);
+    }
+    if spec.has(Role::NomadServer) {
+        names.push(names::NOMAD_GOSSIP_KEY);
+    }
+    names.extend(nomad_role_token(spec));
+    if settings.tls.enabled {
+        if consul_server {
+            // The CA and every intermediate: a Consul server makes any
+            // that is missing.
+            names.push(names::PKI_CA);
+            names.extend(kraken_pki::Authority::ALL.map(pki::secret_name));
+        } else {
+            names.push(pki::secret_name(pki::consul_authority(spec)));
+            names.extend(pki::nomad_authority(spec).map(pki::secret_name));
+        }
+    }
+    if !follow::is_server(spec) && !discovery::uses_cloud_auto_join(spec, settings) {
+        names.push(names::SERVERS);
+    }
+    names
 }
 
 /// The Consul token this node's Nomad runs with, if it runs Nomad.

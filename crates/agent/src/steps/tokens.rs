@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kraken_bootstrap::{State, sha256_hex};
 use kraken_discovery::Backoff;
 use kraken_hashi::{Consul, Token};
-use kraken_intent::NodeSpec;
+use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
@@ -77,12 +77,14 @@ pub async fn refresh(
             changed = true;
         }
     };
-    take(
-        &mut secrets.consul_agent,
-        store.get(names::CONSUL_AGENT).await?,
-    );
-    if let Some(name) = nomad_role_token(spec) {
-        take(&mut secrets.nomad_consul, store.get(name).await?);
+    // One batched read for both.
+    let wanted: Vec<&str> = std::iter::once(names::CONSUL_AGENT)
+        .chain(nomad_role_token(spec))
+        .collect();
+    let mut read = store.get_many(&wanted).await?.into_iter();
+    take(&mut secrets.consul_agent, read.next().flatten());
+    if nomad_role_token(spec).is_some() {
+        take(&mut secrets.nomad_consul, read.next().flatten());
     }
     Ok(changed)
 }
@@ -101,6 +103,23 @@ fn current(spec: &NodeSpec, secrets: &RenderSecrets, state: &State) -> bool {
     };
     matches(names::CONSUL_AGENT, &secrets.consul_agent)
         && nomad_role_token(spec).is_none_or(|name| matches(name, &secrets.nomad_consul))
+}
+
+/// What a server's token check reads every time: its own tokens, and on
+/// Consul servers the role tokens the upkeep checks. A client's check
+/// reads nothing unless its tokens were rotated (`steps::tokens::refresh`).
+pub fn check_names(spec: &NodeSpec) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if crate::steps::follow::is_server(spec) {
+        names.push(names::CONSUL_SERVER);
+    }
+    if spec.has(Role::NomadServer) {
+        names.push(names::NOMAD_AGENT);
+    }
+    if spec.has(Role::ConsulServer) {
+        names.extend(kraken_bootstrap::ROLE_TOKENS.map(|(name, _, _)| name));
+    }
+    names
 }
 
 /// Polls until Consul accepts `token` (created by the bootstrap after its

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::follow::Follow;
 use crate::steps::pki::{self, LeafReport, NodeAuthorities};
+use crate::steps::published::{self, Published};
 use crate::steps::secrets::SecretsMode;
 use crate::steps::{bootstrap, discovery, node, secrets, start, tokens};
 use crate::{BootError, clients, tuning};
@@ -49,7 +50,21 @@ impl Agent {
             &sdk,
             &kraken_aws::ApiCalls::default(),
         )?;
-        self.secrets = secrets::secrets(&store, &spec, &settings, SecretsMode::Boot).await?;
+        // Everything step 3 reads, and a client's published server list,
+        // in one batch: one SSM transaction for a client whose cluster runs.
+        let boot_names = secrets::boot_names(&spec, &settings);
+        let boot_store = store.snapshot(&boot_names).await?;
+        self.secrets = secrets::secrets(&boot_store, &spec, &settings, SecretsMode::Boot).await?;
+        let published = match published::read_at_boot(&boot_store, &boot_names).await {
+            Some(_) if self.distrust_published => {
+                log::info!(
+                    "discovery: the last convergence with the published servers failed; \
+                     asking EC2"
+                );
+                None
+            }
+            list => list,
+        };
 
         // Step 4.
         let calls = kraken_aws::ApiCalls::default();
@@ -58,10 +73,13 @@ impl Agent {
                 .in_vpc(identity.vpc_id.clone()),
             tuning::call_budget(&settings),
         );
-        let peers = self.discover(&ec2, &spec, provider.ec2_calls()).await?;
+        let (mut peers, via_published) = self
+            .discover(&ec2, &spec, provider.ec2_calls(), published)
+            .await?;
 
         // Steps 3 and 5 for certificates, then 5 for configs.
-        let (authorities, _) = self.certificates(&store, &identity, &spec).await?;
+        let (authorities, _) = self.certificates(&boot_store, &identity, &spec).await?;
+        drop(boot_store);
         self.say("starting", "rendering configs");
         self.render_and_install(&identity, &spec, &peers)?;
 
@@ -78,6 +96,11 @@ impl Agent {
             .filter(|s| self.runs(&spec, *s))
             .collect();
         self.apply(&identity, &spec, &store, &first).await?;
+        if via_published {
+            peers = self
+                .confirm_published(&ec2, &identity, &spec, &store, peers)
+                .await?;
+        }
 
         // Step 7, Consul's half, then this node's own tokens once Consul
         // knows them.
@@ -133,6 +156,7 @@ impl Agent {
             start::wait_nomad_registered(&settings, &agent, &spec, &identity.instance_id).await?;
         }
         let own = OwnTokens::read(&spec, &store).await?;
+        self.distrust_published = false;
         Ok(Converged {
             follow: Follow::new(&spec, &settings),
             identity,
@@ -142,6 +166,7 @@ impl Agent {
             authorities,
             store,
             own,
+            published: None,
         })
     }
 
@@ -155,35 +180,101 @@ impl Agent {
     }
 
     /// Step 4, until enough servers are found (or skipped for cloud
-    /// auto-join).
+    /// auto-join): from the published list when it is fresh and names
+    /// every kind of server this node needs (true: to be confirmed by a
+    /// join), else from EC2.
     async fn discover(
         &mut self,
         ec2: &Budgeted<Ec2Peers>,
         spec: &NodeSpec,
         identity_calls: u64,
-    ) -> Result<Peers, BootError> {
+        published: Option<Published>,
+    ) -> Result<(Peers, bool), BootError> {
         self.say(
             "waiting",
             &format!("discovering the servers of cluster {}", spec.cluster),
         );
-        let peers = if discovery::uses_cloud_auto_join(spec, &self.settings) {
+        if discovery::uses_cloud_auto_join(spec, &self.settings) {
             log::info!("discovery: left to Consul's and Nomad's cloud auto-join");
-            Peers::default()
-        } else {
-            let mut backoff = tuning::discovery_backoff(&self.settings);
-            let poll = tuning::discovery_poll(&self.settings);
-            let peers =
-                discovery::discover_until_enough(ec2, spec, poll, &mut backoff, &self.progress())
-                    .await;
-            self.status.ec2_api_calls = ec2.inner().api_calls() + identity_calls;
-            let peers = peers?;
-            log::info!(
-                "discovery: {} EC2 API calls so far",
-                self.status.ec2_api_calls
-            );
-            peers
-        };
+            self.record("discovery", Peers::default());
+            return Ok((Peers::default(), false));
+        }
+        self.status.ec2_api_calls = identity_calls;
+        if let Some(peers) = discovery::usable_published(published.as_ref(), spec)
+            && published::reachable(&peers).await
+        {
+            // Until this convergence succeeds: a failure after here may be
+            // the list's, and the next attempt must not trust it again.
+            self.distrust_published = true;
+            self.record("discovery", &peers);
+            return Ok((peers, true));
+        }
+        let peers = self.discover_ec2(ec2, spec).await?;
+        Ok((peers, false))
+    }
+
+    async fn discover_ec2(
+        &mut self,
+        ec2: &Budgeted<Ec2Peers>,
+        spec: &NodeSpec,
+    ) -> Result<Peers, BootError> {
+        let before = ec2.inner().api_calls();
+        let mut backoff = tuning::discovery_backoff(&self.settings);
+        let poll = tuning::discovery_poll(&self.settings);
+        let peers =
+            discovery::discover_until_enough(ec2, spec, poll, &mut backoff, &self.progress()).await;
+        self.status.ec2_api_calls += ec2.inner().api_calls() - before;
+        let peers = peers?;
+        log::info!(
+            "discovery: {} EC2 API calls so far",
+            self.status.ec2_api_calls
+        );
         self.record("discovery", &peers);
+        Ok(peers)
+    }
+
+    /// A client started Consul with the published servers: keeps them if
+    /// its Consul sees a leader through them within
+    /// [`tuning::PUBLISHED_JOIN`]; otherwise (the list was stale: servers
+    /// replaced since) asks EC2, rewrites the configs and joins what EC2
+    /// knows, so a stale list costs a bounded wait and never strands the
+    /// node.
+    async fn confirm_published(
+        &mut self,
+        ec2: &Budgeted<Ec2Peers>,
+        identity: &Identity,
+        spec: &NodeSpec,
+        store: &Store,
+        peers: Peers,
+    ) -> Result<Peers, BootError> {
+        self.say("starting", "joining Consul through the published servers");
+        let consul = clients::consul(&self.settings, None)?;
+        let started = std::time::Instant::now();
+        while started.elapsed() < tuning::PUBLISHED_JOIN {
+            if let Ok(Some(_)) = consul.leader().await {
+                return Ok(peers);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        log::warn!(
+            "Consul found no leader through the published servers {:?} in {}s: asking EC2",
+            peers.consul_servers,
+            tuning::PUBLISHED_JOIN.as_secs()
+        );
+        let peers = self.discover_ec2(ec2, spec).await?;
+        self.render_and_install(identity, spec, &peers)?;
+        let first: Vec<Service> = [Service::Consul, Service::Docker]
+            .into_iter()
+            .filter(|s| self.runs(spec, *s))
+            .collect();
+        self.apply(identity, spec, store, &first).await?;
+        let token = self.secrets.consul_agent.as_ref();
+        let consul = clients::consul(&self.settings, token.map(|t| Token::new(t.expose())))?;
+        for ip in &peers.consul_servers {
+            if let Err(e) = consul.join(&ip.to_string()).await {
+                log::warn!("joining Consul server {ip}: {e}");
+            }
+        }
         Ok(peers)
     }
 

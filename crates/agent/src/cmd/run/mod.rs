@@ -41,6 +41,7 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         notifier,
         status_file,
         status,
+        distrust_published: false,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");

@@ -3,10 +3,13 @@
 //! (`steps::follow`); and this node's role tokens, re-read from the secret
 //! store only after the bootstrap state says they were rotated.
 
+use kraken_intent::Role;
+use kraken_secrets::Store;
+
 use super::state::{Agent, Converged};
 use crate::BootError;
 use crate::steps::follow::Via;
-use crate::steps::tokens;
+use crate::steps::{published, tokens};
 
 impl Agent {
     /// One round of following the servers; true when the configs' peer
@@ -39,9 +42,35 @@ impl Agent {
         }
     }
 
+    /// On a Consul server whose Consul leads: publishes the servers for
+    /// booting clients when they changed (`steps::published`). Consul only,
+    /// no EC2 call; a failure is logged and tried at the next round.
+    pub(super) async fn publish_servers(&mut self, node: &mut Converged) {
+        if !node.spec.has(Role::ConsulServer) {
+            return;
+        }
+        let consul = match self.own_consul(node) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("publishing the servers: {e}");
+                return;
+            }
+        };
+        let own = node.identity.private_ipv4;
+        match published::publish(&node.store, &consul, own, &mut node.published).await {
+            Ok(true) => self.record("published", node.published.as_ref()),
+            Ok(false) => {}
+            Err(e) => log::warn!("{e}; trying again at the next round"),
+        }
+    }
+
     /// Re-reads this node's role tokens from the store when they may have
-    /// been rotated; true if any changed.
-    pub(super) async fn refresh_tokens(&mut self, node: &Converged) -> Result<bool, BootError> {
+    /// been rotated; true if any changed. `store` is the check's batch.
+    pub(super) async fn refresh_tokens(
+        &mut self,
+        node: &Converged,
+        store: &Store,
+    ) -> Result<bool, BootError> {
         // The bootstrap state's digests tell whether anything was rotated
         // (`tokens::refresh`); when it cannot be read, the store is.
         let state = match self.own_consul(node) {
@@ -52,6 +81,6 @@ impl Agent {
                 .ok(),
             Err(_) => None,
         };
-        tokens::refresh(&node.store, &node.spec, &mut self.secrets, state.as_ref()).await
+        tokens::refresh(store, &node.spec, &mut self.secrets, state.as_ref()).await
     }
 }

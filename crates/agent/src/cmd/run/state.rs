@@ -31,6 +31,10 @@ pub(super) struct Agent {
     pub notifier: Notifier,
     pub status_file: StatusFile,
     pub status: Status,
+    /// A convergence that took its servers from the published list failed
+    /// (the list may be stale: its addresses leading nowhere keep Consul
+    /// from answering): the next one asks EC2.
+    pub distrust_published: bool,
 }
 
 /// What one convergence produced, for the watch loop.
@@ -49,6 +53,28 @@ pub(super) struct Converged {
     /// The agent's own tokens on servers (routine calls never use a
     /// management token), read at converge and at every token check.
     pub own: OwnTokens,
+    /// On Consul servers: the server list this node last published or
+    /// found published, while its Consul leads.
+    pub published: Option<crate::steps::published::Published>,
+}
+
+impl Converged {
+    /// The store for one token check: on servers, with every token the
+    /// check reads fetched in one batch (`steps::tokens::check_names`); a
+    /// failed batch is logged and the check reads one by one.
+    pub async fn check_store(&self) -> Store {
+        let names = crate::steps::tokens::check_names(&self.spec);
+        if names.is_empty() {
+            return self.store.clone();
+        }
+        match self.store.snapshot(&names).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("reading the token check's secrets in one batch: {e}");
+                self.store.clone()
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -62,17 +88,19 @@ impl OwnTokens {
         use kraken_intent::Role;
         use kraken_secrets::{SecretStore, names};
         let server = spec.has(Role::ConsulServer) || spec.has(Role::NomadServer);
+        let nomad = spec.has(Role::NomadServer);
+        // One batched read for both (none on clients).
+        let wanted: Vec<&str> = [(server, names::CONSUL_SERVER), (nomad, names::NOMAD_AGENT)]
+            .into_iter()
+            .filter_map(|(want, name)| want.then_some(name))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(OwnTokens::default());
+        }
+        let mut read = store.get_many(&wanted).await?.into_iter();
         Ok(OwnTokens {
-            consul_server: if server {
-                store.get(names::CONSUL_SERVER).await?
-            } else {
-                None
-            },
-            nomad_agent: if spec.has(Role::NomadServer) {
-                store.get(names::NOMAD_AGENT).await?
-            } else {
-                None
-            },
+            consul_server: if server { read.next().flatten() } else { None },
+            nomad_agent: if nomad { read.next().flatten() } else { None },
         })
     }
 }

@@ -48,15 +48,18 @@ impl Agent {
             let mut rerender = false;
             if Instant::now() >= next_token_check {
                 next_token_check = Instant::now() + jittered_wide(token_period);
-                match OwnTokens::read(&node.spec, &node.store).await {
+                // What the check reads, in one batch (a server's own and
+                // role tokens): one SSM transaction per check.
+                let store = node.check_store().await;
+                match OwnTokens::read(&node.spec, &store).await {
                     Ok(own) => node.own = own,
                     Err(e) => {
                         log::warn!("reading the agent's own tokens failed, trying later: {e}")
                     }
                 }
-                self.upkeep(&node).await;
+                self.upkeep(&node, &store).await;
                 self.autopilot(&node).await;
-                match self.refresh_tokens(&node).await {
+                match self.refresh_tokens(&node, &store).await {
                     Ok(true) => {
                         log::info!("this node's role tokens changed in the secret store (rotated)");
                         rerender = true;
@@ -76,6 +79,7 @@ impl Agent {
             }
             if !auto_join {
                 rerender |= self.follow_servers(&mut node).await?;
+                self.publish_servers(&mut node).await;
             }
             if rerender {
                 self.render_and_install(&node.identity, &node.spec, &node.peers)?;
@@ -111,7 +115,7 @@ impl Agent {
     /// On Consul servers: tokens and policies (recreate what Consul lost,
     /// follow rotations, leave revocations alone, bring policies to this
     /// agent's rules). A failure is logged and tried at the next check.
-    async fn upkeep(&mut self, node: &Converged) {
+    async fn upkeep(&mut self, node: &Converged, store: &kraken_secrets::Store) {
         if !node.spec.has(Role::ConsulServer) {
             return;
         }
@@ -126,7 +130,7 @@ impl Agent {
             &self.settings,
             &node.spec,
             &node.identity.instance_id,
-            &node.store,
+            store,
             &self.secrets,
             &reader,
         )
