@@ -152,10 +152,19 @@ pub async fn run(
             .expect("launched");
         let log = vm.agent_log().unwrap_or_default();
         let agent_start = log.first().map(|(t, _)| *t).context("no agent journal")?;
-        let agent_ready_s = vm
-            .agent_status()
-            .and_then(|s| s.converged_unix)
-            .map(|t| t as f64 - agent_start);
+        // READY follows eligibility (it also waits for Nomad's own service
+        // in Consul): a second view of the same join, from the agent.
+        let mut agent_ready_s = None;
+        for _ in 0..300 {
+            agent_ready_s = vm
+                .agent_status()
+                .and_then(|s| s.converged_unix)
+                .map(|t| t as f64 - agent_start);
+            if agent_ready_s.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         cluster.log(format!(
             "add-client {n}/{adds}: {name} eligible {:.1}s after its agent started",
             eligible_at - agent_start
