@@ -198,7 +198,7 @@ async fn two_hundred_agents_make_the_projected_calls() {
             ssm,
             held: RenderSecrets::default(),
             boot_ec2: 0,
-            follow: Follow::new(&spec, &settings),
+            follow: Follow::new(&spec, &settings, &Default::default()),
             spec,
             ec2: Budgeted::new(
                 Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls)
@@ -251,6 +251,7 @@ async fn two_hundred_agents_make_the_projected_calls() {
                 }
             };
             assert_eq!(peers.consul_servers.len(), 3);
+            n.follow = Follow::new(&n.spec, &settings, &peers);
             n
         });
     }

@@ -65,7 +65,7 @@ async fn a_converged_client_asks_consul_until_every_server_is_lost() {
     let consul = Consul::new(&url, None).unwrap();
     let source = ec2_peers(&moto, &vpc).await;
     let client = spec("nomad-client");
-    let mut follow = Follow::new(&client, &Settings::default());
+    let mut follow = Follow::new(&client, &Settings::default(), &Default::default());
 
     // Ten refresh periods (shortened): Consul each time, EC2 never.
     for round in 0..10 {
@@ -124,6 +124,9 @@ async fn a_converged_server_asks_ec2_when_its_jittered_refresh_is_due() {
         ("kraken:roles", "consul-server"),
     ]);
     let (id, _) = launch(&ec2, &server_tags, None).await;
+    for _ in 0..2 {
+        launch(&ec2, &server_tags, None).await;
+    }
     let vpc = vpc_of(&ec2, &id).await;
     let source = ec2_peers(&moto, &vpc).await;
     // Consul is never asked on a server: nothing listens here.
@@ -131,18 +134,86 @@ async fn a_converged_server_asks_ec2_when_its_jittered_refresh_is_due() {
     let server = spec("consul-server");
     let mut settings = Settings::default();
     settings.discovery.server_refresh_secs = 1;
-    let mut follow = Follow::new(&server, &settings);
+    let booted = kraken_agent::steps::discovery::discover(&source, &server)
+        .await
+        .unwrap();
+    assert_eq!(booted.consul_servers.len(), 3, "a complete view");
+    let mut follow = Follow::new(&server, &settings, &booted);
     let (started, window) = (Instant::now(), Duration::from_secs(5));
     let mut answers = 0;
     while started.elapsed() < window {
         if let Some((peers, via)) = follow.refresh(&server, &consul, &source).await.unwrap() {
-            assert_eq!((via, peers.consul_servers.len()), (Via::Ec2, 1));
+            assert_eq!((via, peers.consul_servers.len()), (Via::Ec2, 3));
             answers += 1;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Every 0.75 to 1.25 s over 5 s, the first a period after converging.
-    let calls = source.inner().api_calls();
+    // Every 0.75 to 1.25 s over 5 s, the first a period after converging
+    // (the boot's own query is the first call).
+    let calls = source.inner().api_calls() - 1;
     assert_eq!(calls, answers);
     assert!((3..=6).contains(&calls), "{calls} EC2 calls in {window:?}");
+}
+
+/// A server that started before its expected peers existed (it needs only
+/// one server to start) asks on every round until its view is complete,
+/// then once a refresh period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_started_early_asks_every_round_until_its_view_is_complete() {
+    let moto = Moto::start().await;
+    let ec2 = ec2(&moto.endpoint()).await;
+    let server_tags = tags(&[
+        ("kraken:cluster", CLUSTER),
+        ("kraken:roles", "consul-server"),
+    ]);
+    let (id, _) = launch(&ec2, &server_tags, None).await;
+    let vpc = vpc_of(&ec2, &id).await;
+    let source = ec2_peers(&moto, &vpc).await;
+    let consul = Consul::new("http://127.0.0.1:1", None).unwrap();
+    let server = spec("consul-server");
+    let mut settings = Settings::default();
+    settings.discovery.server_refresh_secs = 3600;
+    let mut backoff =
+        kraken_discovery::Backoff::new(Duration::from_millis(100), Duration::from_millis(200));
+    // Alone in EC2, and started all the same.
+    let booted = kraken_agent::steps::discovery::discover_until_enough(
+        &source,
+        &server,
+        Duration::from_millis(100),
+        &mut backoff,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(booted.consul_servers.len(), 1);
+    let mut follow = Follow::new(&server, &settings, &booted);
+    // Short: every round asks.
+    for round in 0..3 {
+        let (peers, via) = follow
+            .refresh(&server, &consul, &source)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: no query with a short view"));
+        assert_eq!((via, peers.consul_servers.len()), (Via::Ec2, 1));
+    }
+    for _ in 0..2 {
+        launch(&ec2, &server_tags, None).await;
+    }
+    let (peers, _) = follow
+        .refresh(&server, &consul, &source)
+        .await
+        .unwrap()
+        .expect("still short before this round");
+    assert_eq!(peers.consul_servers.len(), 3);
+    // Complete: quiet until the (hour-long) refresh period.
+    for _ in 0..3 {
+        assert!(
+            follow
+                .refresh(&server, &consul, &source)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(source.inner().api_calls(), 5);
 }

@@ -265,14 +265,17 @@ pub fn on_disk(
     )
 }
 
-/// A config as far as its service is concerned: no comment lines (the
-/// agent's own header names its version: an upgrade alone restarts
-/// nothing), and no line that carries a token (tokens have their own
-/// digest: a new token is a reload where the service can take one).
+/// A config as far as its running service is concerned: no comment lines
+/// (the agent's own header names its version: an upgrade alone restarts
+/// nothing), no peer list (`retry_join`, Consul's and Nomad's: read only
+/// to join at start; a running agent learns membership by gossip, so a
+/// new server list restarts nothing and the next start reads it), and no
+/// line that carries a token (tokens have their own digest: a new token is
+/// a reload where the service can take one).
 fn normalise(text: &str, tokens: &[String]) -> String {
-    let comment = |l: &str| {
+    let ignored = |l: &str| {
         let t = l.trim_start();
-        t.starts_with('#') || t.starts_with("//")
+        t.starts_with('#') || t.starts_with("//") || t.starts_with("retry_join")
     };
     let carries_token = |l: &str| {
         tokens
@@ -280,7 +283,7 @@ fn normalise(text: &str, tokens: &[String]) -> String {
             .any(|tok| !tok.is_empty() && l.contains(tok.as_str()))
     };
     text.lines()
-        .filter(|l| !comment(l) && !carries_token(l))
+        .filter(|l| !ignored(l) && !carries_token(l))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -395,6 +398,27 @@ mod tests {
         assert_ne!(
             normalise(a, &["aaa".into()]),
             normalise(&b.replace("acl", "acls"), &["bbb".into()])
+        );
+    }
+
+    #[test]
+    fn a_new_server_list_alone_does_not_make_a_config_differ() {
+        let consul = |join: &str| format!("server = false\nretry_join = {join}\nports {{}}\n");
+        assert_eq!(
+            normalise(&consul(r#"["10.0.0.1"]"#), &[]),
+            normalise(&consul(r#"["10.0.0.1", "10.0.0.2", "10.0.0.3"]"#), &[])
+        );
+        let nomad = |join: &str| {
+            format!("client {{\n  server_join {{\n    retry_join     = {join}\n  }}\n}}\n")
+        };
+        assert_eq!(
+            normalise(&nomad(r#"["10.0.0.1"]"#), &[]),
+            normalise(&nomad(r#"["10.0.0.2"]"#), &[])
+        );
+        // Anything else in the block still counts.
+        assert_ne!(
+            normalise(&nomad(r#"["10.0.0.1"]"#), &[]),
+            normalise(&nomad(r#"["10.0.0.1"]"#).replace("client", "server"), &[])
         );
     }
 }

@@ -10,10 +10,11 @@ use kraken_settings::Settings;
 use crate::BootError;
 use crate::steps::published::{Published, now_unix};
 
-/// The servers a node must see before its config is worth writing: a
-/// server needs every expected peer of its kind (the first election waits
-/// for all of them anyway), any other node one server to join through;
-/// gossip finds the rest.
+/// The servers of a complete view: every expected server of the node's own
+/// kind (a server's configs list them all), and for any other node one
+/// server of each kind it joins (gossip finds the rest). `doctor` and
+/// `render` judge a view by it; a server whose view is short keeps asking
+/// ([`super::follow`]).
 pub fn needed(spec: &NodeSpec) -> Needed {
     Needed {
         consul_servers: if spec.has(Role::ConsulServer) {
@@ -28,6 +29,22 @@ pub fn needed(spec: &NodeSpec) -> Needed {
         } else {
             0
         },
+    }
+}
+
+/// The servers a node must see before it starts anything: one of each kind
+/// it joins, itself included. A server does not wait for every expected
+/// peer: `bootstrap_expect` already holds the first election until they
+/// have all joined, and a server whose Consul runs can be joined by the
+/// ones that come later (their lists name it) the moment they start.
+/// Waiting in discovery instead cost up to a refill of the EC2 call budget
+/// (20 s) after the last server's launch, since the early servers learnt of
+/// it only at their next query (docs/benchmarks.md, `staggered`).
+pub fn to_start(spec: &NodeSpec) -> Needed {
+    let needed = needed(spec);
+    Needed {
+        consul_servers: needed.consul_servers.min(1),
+        nomad_servers: needed.nomad_servers.min(1),
     }
 }
 
@@ -57,7 +74,7 @@ pub async fn discover_until_enough<S: PeerSource>(
     backoff: &mut Backoff,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Peers, BootError> {
-    let needed = needed(spec);
+    let needed = to_start(spec);
     loop {
         let result = discover(source, spec).await;
         let wait = match &result {

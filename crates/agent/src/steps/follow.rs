@@ -8,6 +8,9 @@
 //! does it ask EC2, through the node's call budget. Servers, a handful per
 //! cluster, ask EC2 every `discovery.server_refresh_secs`, give or take a
 //! quarter: they see a replaced peer in EC2 before it has joined anything.
+//! A server that started before all its expected peers existed
+//! ([`super::discovery::to_start`]) asks on every round until its view is
+//! complete, so its configs name them all within a refresh period.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -41,15 +44,26 @@ pub fn is_server(spec: &NodeSpec) -> bool {
 }
 
 impl Follow {
-    /// Just converged: a server's first refresh is a jittered period away
-    /// (it has just asked EC2).
-    pub fn new(spec: &NodeSpec, settings: &Settings) -> Follow {
+    /// Just converged with `peers`: a server's first refresh is a jittered
+    /// period away (it has just asked EC2), or the next round when `peers`
+    /// lack some of its expected peers.
+    pub fn new(spec: &NodeSpec, settings: &Settings, peers: &Peers) -> Follow {
         let server_period = tuning::server_refresh(settings);
-        Follow {
+        let mut follow = Follow {
             server: is_server(spec),
             server_period,
-            next_ec2: Instant::now() + jittered(server_period, 0.25),
-        }
+            next_ec2: Instant::now(),
+        };
+        follow.schedule(spec, peers);
+        follow
+    }
+
+    fn schedule(&mut self, spec: &NodeSpec, peers: &Peers) {
+        self.next_ec2 = if peers.shortfall(needed(spec)).is_some() {
+            Instant::now()
+        } else {
+            Instant::now() + jittered(self.server_period, 0.25)
+        };
     }
 
     /// This round's servers and where they came from; `None` for a server
@@ -64,8 +78,9 @@ impl Follow {
             if Instant::now() < self.next_ec2 {
                 return Ok(None);
             }
-            self.next_ec2 = Instant::now() + jittered(self.server_period, 0.25);
-            return Ok(Some((discover(ec2, spec).await?, Via::Ec2)));
+            let peers = discover(ec2, spec).await?;
+            self.schedule(spec, &peers);
+            return Ok(Some((peers, Via::Ec2)));
         }
         match from_consul(consul, spec).await {
             Ok(peers) => Ok(Some((peers, Via::Consul))),

@@ -158,7 +158,7 @@ impl Agent {
         let own = OwnTokens::read(&spec, &store).await?;
         self.distrust_published = false;
         Ok(Converged {
-            follow: Follow::new(&spec, &settings),
+            follow: Follow::new(&spec, &settings, &peers),
             identity,
             spec,
             peers,
