@@ -115,26 +115,48 @@ async fn a_converged_client_asks_consul_until_every_server_is_lost() {
     assert_eq!(source.inner().api_calls(), ec2_rounds);
 }
 
+/// Consul servers of the cluster in moto, and EC2 as one of them reaches
+/// it; Consul is never asked on a server: nothing listens at `consul`.
+struct Servers {
+    _moto: Moto,
+    ec2: aws_sdk_ec2::Client,
+    tags: std::collections::BTreeMap<String, String>,
+    source: Budgeted<Ec2Peers>,
+    consul: Consul,
+}
+
+impl Servers {
+    async fn launch(n: usize) -> Servers {
+        let moto = Moto::start().await;
+        let ec2 = ec2(&moto.endpoint()).await;
+        let tags = tags(&[
+            ("kraken:cluster", CLUSTER),
+            ("kraken:roles", "consul-server"),
+        ]);
+        let (id, _) = launch(&ec2, &tags, None).await;
+        for _ in 1..n {
+            launch(&ec2, &tags, None).await;
+        }
+        let vpc = vpc_of(&ec2, &id).await;
+        let source = ec2_peers(&moto, &vpc).await;
+        Servers {
+            _moto: moto,
+            ec2,
+            tags,
+            source,
+            consul: Consul::new("http://127.0.0.1:1", None).unwrap(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_server_asks_ec2_when_its_jittered_refresh_is_due() {
-    let moto = Moto::start().await;
-    let ec2 = ec2(&moto.endpoint()).await;
-    let server_tags = tags(&[
-        ("kraken:cluster", CLUSTER),
-        ("kraken:roles", "consul-server"),
-    ]);
-    let (id, _) = launch(&ec2, &server_tags, None).await;
-    for _ in 0..2 {
-        launch(&ec2, &server_tags, None).await;
-    }
-    let vpc = vpc_of(&ec2, &id).await;
-    let source = ec2_peers(&moto, &vpc).await;
-    // Consul is never asked on a server: nothing listens here.
-    let consul = Consul::new("http://127.0.0.1:1", None).unwrap();
+    let servers = Servers::launch(3).await;
+    let (source, consul) = (&servers.source, &servers.consul);
     let server = spec("consul-server");
     let mut settings = Settings::default();
     settings.discovery.server_refresh_secs = 1;
-    let booted = kraken_agent::steps::discovery::discover(&source, &server)
+    let booted = kraken_agent::steps::discovery::discover(source, &server)
         .await
         .unwrap();
     assert_eq!(booted.consul_servers.len(), 3, "a complete view");
@@ -142,7 +164,7 @@ async fn a_converged_server_asks_ec2_when_its_jittered_refresh_is_due() {
     let (started, window) = (Instant::now(), Duration::from_secs(5));
     let mut answers = 0;
     while started.elapsed() < window {
-        if let Some((peers, via)) = follow.refresh(&server, &consul, &source).await.unwrap() {
+        if let Some((peers, via)) = follow.refresh(&server, consul, source).await.unwrap() {
             assert_eq!((via, peers.consul_servers.len()), (Via::Ec2, 3));
             answers += 1;
         }
@@ -160,16 +182,8 @@ async fn a_converged_server_asks_ec2_when_its_jittered_refresh_is_due() {
 /// then once a refresh period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_started_early_asks_every_round_until_its_view_is_complete() {
-    let moto = Moto::start().await;
-    let ec2 = ec2(&moto.endpoint()).await;
-    let server_tags = tags(&[
-        ("kraken:cluster", CLUSTER),
-        ("kraken:roles", "consul-server"),
-    ]);
-    let (id, _) = launch(&ec2, &server_tags, None).await;
-    let vpc = vpc_of(&ec2, &id).await;
-    let source = ec2_peers(&moto, &vpc).await;
-    let consul = Consul::new("http://127.0.0.1:1", None).unwrap();
+    let servers = Servers::launch(1).await;
+    let (source, consul) = (&servers.source, &servers.consul);
     let server = spec("consul-server");
     let mut settings = Settings::default();
     settings.discovery.server_refresh_secs = 3600;
@@ -177,7 +191,7 @@ async fn a_server_that_started_early_asks_every_round_until_its_view_is_complete
         kraken_discovery::Backoff::new(Duration::from_millis(100), Duration::from_millis(200));
     // Alone in EC2, and started all the same.
     let booted = kraken_agent::steps::discovery::discover_until_enough(
-        &source,
+        source,
         &server,
         Duration::from_millis(100),
         &mut backoff,
@@ -190,17 +204,17 @@ async fn a_server_that_started_early_asks_every_round_until_its_view_is_complete
     // Short: every round asks.
     for round in 0..3 {
         let (peers, via) = follow
-            .refresh(&server, &consul, &source)
+            .refresh(&server, consul, source)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("round {round}: no query with a short view"));
         assert_eq!((via, peers.consul_servers.len()), (Via::Ec2, 1));
     }
     for _ in 0..2 {
-        launch(&ec2, &server_tags, None).await;
+        launch(&servers.ec2, &servers.tags, None).await;
     }
     let (peers, _) = follow
-        .refresh(&server, &consul, &source)
+        .refresh(&server, consul, source)
         .await
         .unwrap()
         .expect("still short before this round");
@@ -209,7 +223,7 @@ async fn a_server_that_started_early_asks_every_round_until_its_view_is_complete
     for _ in 0..3 {
         assert!(
             follow
-                .refresh(&server, &consul, &source)
+                .refresh(&server, consul, source)
                 .await
                 .unwrap()
                 .is_none()
