@@ -43,6 +43,11 @@ impl Agent {
             .into_iter()
             .filter(|s| self.runs(&node.spec, *s))
             .collect();
+        if !auto_join {
+            // At once: a client added right after the cluster formed then
+            // boots from the list too, not only after the first round.
+            self.publish_servers(&mut node).await;
+        }
         loop {
             tokio::time::sleep(jittered(period)).await;
             let mut rerender = false;
