@@ -7,6 +7,7 @@
 //! throttling, 5xx and timeouts), capped by [`AwsSettings`]; every HTTP
 //! attempt is counted so the API cost of a boot can be reported.
 
+mod lifecycle;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,8 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+
+pub use lifecycle::{HookAnswer, HookResult, LifecycleHooks};
 
 /// Retry and timeout limits for AWS API calls.
 #[derive(Debug, Clone, PartialEq)]

@@ -73,6 +73,14 @@ pub const NOMAD_AGENT_POLICY: (&str, &str, &str) = (
     include_str!("../policies/nomad-agent.hcl"),
 );
 
+/// The Nomad policy and token name a leaving client drains and purges its
+/// own node with (Nomad's ACLs cannot narrow node write to one node).
+pub const NOMAD_DRAIN_POLICY: (&str, &str, &str) = (
+    "kraken-drain",
+    "kraken agents of leaving Nomad clients: drain and purge their node",
+    include_str!("../policies/nomad-drain.hcl"),
+);
+
 /// A policy's description as written: it names the agent version whose
 /// rules it holds.
 pub fn versioned(description: &str) -> String {

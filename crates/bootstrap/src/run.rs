@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::BootstrapError;
 use crate::lease::{Lease, LeaseSettings};
-use crate::policies::{DNS_POLICY, ROLE_TOKENS};
+use crate::policies::{DNS_POLICY, NOMAD_AGENT_POLICY, NOMAD_DRAIN_POLICY, ROLE_TOKENS};
 use crate::state::{Phase, State, Step, TokenRecord, now_unix};
 
 /// What one participant did.
@@ -289,7 +289,14 @@ impl Bootstrap<'_> {
                 self.made(ROLE_TOKENS[3]).await
             }
             Step::NomadAclBootstrap => self.nomad_bootstrap().await.map(|()| None),
-            Step::NomadAgentToken => self.nomad_agent_token().await.map(|()| None),
+            Step::NomadAgentToken => self
+                .nomad_token(names::NOMAD_AGENT, NOMAD_AGENT_POLICY)
+                .await
+                .map(|()| None),
+            Step::NomadDrainToken => self
+                .nomad_token(names::NOMAD_DRAIN, NOMAD_DRAIN_POLICY)
+                .await
+                .map(|()| None),
         }
     }
 

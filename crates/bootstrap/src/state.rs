@@ -29,10 +29,11 @@ pub enum Step {
     ConsulServerToken,
     NomadAclBootstrap,
     NomadAgentToken,
+    NomadDrainToken,
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::ConsulPolicies,
         Step::ConsulAgentToken,
         Step::ConsulNomadServerToken,
@@ -41,6 +42,7 @@ impl Step {
         Step::ConsulServerToken,
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,
+        Step::NomadDrainToken,
     ];
 
     /// As recorded in Consul: renaming one makes every cluster redo it.
@@ -54,12 +56,15 @@ impl Step {
             Step::ConsulServerToken => "consul-token-server",
             Step::NomadAclBootstrap => "nomad-acl-bootstrap",
             Step::NomadAgentToken => "nomad-token-agent",
+            Step::NomadDrainToken => "nomad-token-drain",
         }
     }
 
     pub fn phase(self) -> Phase {
         match self {
-            Step::NomadAclBootstrap | Step::NomadAgentToken => Phase::Nomad,
+            Step::NomadAclBootstrap | Step::NomadAgentToken | Step::NomadDrainToken => {
+                Phase::Nomad
+            },
             _ => Phase::Consul,
         }
     }

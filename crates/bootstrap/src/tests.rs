@@ -78,6 +78,7 @@ fn step_names_are_the_ones_recorded_in_consul() {
             "consul-token-server",
             "nomad-acl-bootstrap",
             "nomad-token-agent",
+            "nomad-token-drain",
         ]
     );
 }

@@ -23,7 +23,7 @@ use kraken_secrets::{Secret, SecretStore, names};
 use serde::Serialize;
 
 use crate::error::BootstrapError;
-use crate::policies::{NOMAD_AGENT_POLICY, ROLE_TOKENS};
+use crate::policies::ROLE_TOKENS;
 use crate::run::Bootstrap;
 use crate::state::{Phase, Retired, TokenRecord, now_unix, sha256_hex};
 
@@ -255,13 +255,18 @@ impl Bootstrap<'_> {
         }
     }
 
-    /// The agent's own narrow Nomad token. Nomad chooses token secrets, so
+    /// One of the agent's narrow Nomad tokens (its own on servers, the
+    /// clients' drain token), stored as `secret`. Nomad chooses token secrets, so
     /// this cannot be write-ahead: the token is found by its name, and its
     /// secret stored after (a crash in between leaves a token the next
     /// holder finds by name, never a second one). The store is never
     /// overwritten (IAM denies nodes every overwrite): a stored secret Nomad
     /// no longer accepts is deleted, then stored anew.
-    pub(crate) async fn nomad_agent_token(&self) -> Result<(), BootstrapError> {
+    pub(crate) async fn nomad_token(
+        &self,
+        secret: &str,
+        (name, description, rules): (&str, &str, &str),
+    ) -> Result<(), BootstrapError> {
         let management = self
             .store
             .get(names::NOMAD_MANAGEMENT)
@@ -272,12 +277,11 @@ impl Bootstrap<'_> {
             .as_ref()
             .expect("the Nomad phase is run with a Nomad client")
             .with_token(management);
-        let (name, description, rules) = NOMAD_AGENT_POLICY;
         nomad
             .acl_policy_upsert(name, description, rules)
             .await
-            .map_err(BootstrapError::nomad("write the agent's Nomad ACL policy"))?;
-        if let Some(stored) = self.store.get(names::NOMAD_AGENT).await? {
+            .map_err(BootstrapError::nomad("write a Nomad ACL policy of the agent"))?;
+        if let Some(stored) = self.store.get(secret).await? {
             let works = nomad
                 .with_token(Some(Token::new(stored.expose())))
                 .acl_token_self()
@@ -289,7 +293,7 @@ impl Bootstrap<'_> {
             // Nomad lost it (its servers replaced with their data): make it
             // again. Under the lease, removing the stale secret first is safe;
             // a reader in between waits for the new one.
-            log::warn!("the agent's Nomad token is unknown to Nomad; making it again");
+            log::warn!("the Nomad token {name} is unknown to Nomad; making it again");
             if let Some(stale) = nomad
                 .acl_token_named(name)
                 .await
@@ -300,7 +304,7 @@ impl Bootstrap<'_> {
                     .await
                     .map_err(BootstrapError::nomad("delete a stale agent Nomad token"))?;
             }
-            self.store.delete(names::NOMAD_AGENT).await?;
+            self.store.delete(secret).await?;
         }
         let token = match nomad
             .acl_token_named(name)
@@ -314,7 +318,7 @@ impl Bootstrap<'_> {
                 .map_err(BootstrapError::nomad("create the agent's Nomad token"))?,
         };
         self.store
-            .create(names::NOMAD_AGENT, &Secret::new(token.secret().expose()))
+            .create(secret, &Secret::new(token.secret().expose()))
             .await?;
         Ok(())
     }

@@ -15,5 +15,6 @@ pub use consul::acl::{ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, PolicyLink}
 pub use consul::{Consul, ConsulMember, HealthCheck, KvPair, SessionBehavior};
 pub use http::{ClientTls, HashiError, Token};
 pub use nomad::acl::{NomadBootstrap, NomadToken};
+pub use nomad::leave::{NodeDrain, RaftServer};
 pub use nomad::{Nomad, NomadMember, NomadNode};
 pub use served::{TlsPort, served_certificate};

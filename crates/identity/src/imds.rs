@@ -71,7 +71,7 @@ impl ImdsIdentity {
     }
 
     /// `Ok(None)` for a 404: the path does not exist on this instance.
-    async fn get_optional(&self, path: &str) -> Result<Option<String>, IdentityError> {
+    pub(crate) async fn get_optional(&self, path: &str) -> Result<Option<String>, IdentityError> {
         let mut refreshed = false;
         loop {
             match self.client().get(path).await {

@@ -9,7 +9,9 @@
 mod error;
 mod identity;
 mod imds;
+mod lifecycle;
 
 pub use error::IdentityError;
 pub use identity::{Identity, IdentityProvider, StaticIdentity, TagsSource};
 pub use imds::{ImdsIdentity, ImdsSettings};
+pub use lifecycle::{SpotNotice, TargetState};

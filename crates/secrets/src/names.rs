@@ -18,6 +18,10 @@ pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
 /// The agent's own Nomad token on Nomad servers: join, autopilot's health
 /// (never the management token for routine calls).
 pub const NOMAD_AGENT: &str = "nomad/tokens/agent";
+/// What a Nomad client's agent drains and purges its own node with when
+/// the instance goes away (Nomad policy `kraken-drain`: node write);
+/// Nomad clients read it.
+pub const NOMAD_DRAIN: &str = "nomad/tokens/drain";
 /// The Nomad servers' gossip encryption key; Nomad servers create and
 /// read it (Nomad clients do not gossip).
 pub const NOMAD_GOSSIP_KEY: &str = "nomad/gossip-key";

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::cloud::{AwsSettingsFile, DiscoverySettings, ImdsSettingsFile};
 use crate::cluster::{BootstrapSettings, TlsSettings};
 use crate::intent::IntentDefaults;
+use crate::lifecycle::LifecycleSettings;
 use crate::paths::PathSettings;
 use crate::secrets::SecretSettings;
 use crate::services::{ConsulSettings, DockerSettings, NomadSettings, StartSettings};
@@ -30,6 +31,7 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub bootstrap: BootstrapSettings,
     pub tls: TlsSettings,
+    pub lifecycle: LifecycleSettings,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -72,6 +74,7 @@ impl Settings {
             .validate()
             .map_err(|e| format!("[secrets]: {e}"))?;
         self.bootstrap.validate()?;
+        self.lifecycle.validate()?;
         self.docker.validate()?;
         for (key, url) in [
             ("consul.http_addr", &self.consul.http_addr),

@@ -12,6 +12,7 @@ mod cloud;
 mod cluster;
 mod file;
 mod intent;
+mod lifecycle;
 mod names;
 mod paths;
 mod secrets;
@@ -21,6 +22,7 @@ pub use cloud::{AwsSettingsFile, DiscoverySettings, ImdsSettingsFile};
 pub use cluster::{BootstrapSettings, TlsSettings};
 pub use file::{DEFAULT_SETTINGS_PATH, Settings, SettingsError};
 pub use intent::IntentDefaults;
+pub use lifecycle::LifecycleSettings;
 pub use names::{NAME_FORM, valid_datacenter, valid_name};
 pub use paths::PathSettings;
 pub use secrets::{

@@ -124,6 +124,22 @@ impl Consul {
         self.http.get_json("/v1/agent/members").await
     }
 
+    /// Leaves the cluster gracefully and shuts the agent down
+    /// (`agent:write`): a server leaves Raft first (the leader steps down
+    /// when it is the one leaving), and the node ends up `left`, not
+    /// `failed`.
+    pub async fn leave(&self) -> Result<(), HashiError> {
+        self.http
+            .send(
+                Method::PUT,
+                "/v1/agent/leave",
+                None,
+                Duration::from_secs(60),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn agent_self(&self) -> Result<serde_json::Value, HashiError> {
         self.http.get_json("/v1/agent/self").await
     }
