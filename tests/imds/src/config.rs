@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,13 @@ pub struct InstanceData {
     /// here because most tests want tags; off, `tags/` answers 404 as on AWS.
     pub tags_in_metadata: bool,
     pub iam_role: Option<IamRole>,
+    /// `autoscaling/target-lifecycle-state`: absent (404, and no
+    /// `autoscaling/` in the listing) when the instance is in no autoscaling
+    /// group, as on AWS.
+    pub target_lifecycle_state: Option<TargetLifecycleState>,
+    /// `spot/instance-action` (and `spot/termination-time`): absent (404)
+    /// while no interruption is scheduled.
+    pub spot_instance_action: Option<SpotInstanceAction>,
 }
 
 impl Default for InstanceData {
@@ -49,6 +57,97 @@ impl Default for InstanceData {
             tags: BTreeMap::new(),
             tags_in_metadata: true,
             iam_role: None,
+            target_lifecycle_state: None,
+            spot_instance_action: None,
+        }
+    }
+}
+
+/// The steady state Amazon EC2 Auto Scaling is moving the instance to, as
+/// `autoscaling/target-lifecycle-state` reports it: one of the primary steady
+/// states (`InService`, `Terminated`), the side ones (`Detached`, `Standby`)
+/// or a warm pool's (`Warmed:*`). The transitional states (`Pending`,
+/// `Terminating:Wait`, ...) are never served here: AWS documents the item as
+/// the *target* steady state ("Retrieve the target lifecycle state through
+/// instance metadata", EC2 Auto Scaling user guide); a launching instance
+/// reads `InService`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetLifecycleState {
+    InService,
+    Terminated,
+    Detached,
+    Standby,
+    #[serde(rename = "Warmed:Hibernated")]
+    WarmedHibernated,
+    #[serde(rename = "Warmed:Running")]
+    WarmedRunning,
+    #[serde(rename = "Warmed:Stopped")]
+    WarmedStopped,
+    #[serde(rename = "Warmed:Terminated")]
+    WarmedTerminated,
+}
+
+impl TargetLifecycleState {
+    /// The text IMDS serves, e.g. `Warmed:Stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InService => "InService",
+            Self::Terminated => "Terminated",
+            Self::Detached => "Detached",
+            Self::Standby => "Standby",
+            Self::WarmedHibernated => "Warmed:Hibernated",
+            Self::WarmedRunning => "Warmed:Running",
+            Self::WarmedStopped => "Warmed:Stopped",
+            Self::WarmedTerminated => "Warmed:Terminated",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetLifecycleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What EC2 will do to an interrupted Spot Instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpotAction {
+    Terminate,
+    Stop,
+    Hibernate,
+}
+
+impl SpotAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terminate => "terminate",
+            Self::Stop => "stop",
+            Self::Hibernate => "hibernate",
+        }
+    }
+}
+
+/// A scheduled Spot interruption: `spot/instance-action` serves it as
+/// `{"action": "terminate", "time": "2026-12-01T08:22:00Z"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpotInstanceAction {
+    pub action: SpotAction,
+    /// When EC2 acts, in UTC (RFC 3339, whole seconds, as AWS writes it).
+    pub time: String,
+}
+
+impl SpotInstanceAction {
+    /// The usual notice: `action` two minutes from now.
+    pub fn in_two_minutes(action: SpotAction) -> Self {
+        Self::at(action, SystemTime::now() + Duration::from_secs(120))
+    }
+
+    pub fn at(action: SpotAction, time: SystemTime) -> Self {
+        Self {
+            action,
+            time: humantime::format_rfc3339_seconds(time).to_string(),
         }
     }
 }
@@ -123,6 +222,19 @@ pub fn validate(data: &InstanceData) -> io::Result<()> {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{what} {id:?} is not an id of the form {prefix}..."),
+            ));
+        }
+    }
+    if let Some(notice) = &data.spot_instance_action {
+        // AWS writes `2026-12-01T08:22:00Z`: UTC, whole seconds.
+        let whole_seconds_utc = notice.time.len() == 20 && notice.time.ends_with('Z');
+        if !whole_seconds_utc || humantime::parse_rfc3339(&notice.time).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "spot_instance_action.time {:?} is not a UTC time of the form 2026-12-01T08:22:00Z",
+                    notice.time
+                ),
             ));
         }
     }

@@ -13,6 +13,9 @@ mod server;
 mod service;
 mod state;
 
-pub use config::{Config, Faults, IamRole, InstanceData, TokenMode, validate};
+pub use config::{
+    Config, Faults, IamRole, InstanceData, SpotAction, SpotInstanceAction, TargetLifecycleState,
+    TokenMode, validate,
+};
 pub use server::{FakeImds, FakeImdsHandle};
 pub use state::Stats;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use crate::config::InstanceData;
+use crate::config::{InstanceData, SpotAction};
 
 fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -57,6 +57,28 @@ pub(crate) fn metadata(d: &InstanceData, started: SystemTime) -> BTreeMap<String
         m.insert("meta-data/tags/instance/".into(), String::new());
         for (key, value) in &d.tags {
             m.insert(format!("meta-data/tags/instance/{key}"), value.clone());
+        }
+    }
+    if let Some(state) = d.target_lifecycle_state {
+        let path = "meta-data/autoscaling/target-lifecycle-state";
+        m.insert(path.into(), state.as_str().into());
+    }
+    if let Some(notice) = &d.spot_instance_action {
+        // Spelled as AWS's documented example is, spaces included.
+        let body = format!(
+            r#"{{"action": "{}", "time": "{}"}}"#,
+            notice.action.as_str(),
+            notice.time
+        );
+        m.insert("meta-data/spot/instance-action".into(), body);
+        // The older item, kept by AWS for compatibility: the time the
+        // instance gets its shutdown signal, only when it is to be stopped
+        // or terminated (a hibernation has no such time).
+        if notice.action != SpotAction::Hibernate {
+            m.insert(
+                "meta-data/spot/termination-time".into(),
+                notice.time.clone(),
+            );
         }
     }
     if let Some(role) = &d.iam_role {

@@ -10,7 +10,9 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Faults, InstanceData, TokenMode, validate};
+use crate::config::{
+    Config, Faults, InstanceData, SpotInstanceAction, TargetLifecycleState, TokenMode, validate,
+};
 use crate::service::handle;
 use crate::state::{Inner, Shared, Stats};
 
@@ -134,6 +136,29 @@ impl FakeImdsHandle {
         change(&mut data);
         validate(&data)?;
         inner.data = data;
+        Ok(())
+    }
+
+    /// What `autoscaling/target-lifecycle-state` serves; `None` takes the
+    /// instance out of autoscaling (404).
+    pub fn set_target_lifecycle_state(&self, state: Option<TargetLifecycleState>) {
+        self.shared.lock().data.target_lifecycle_state = state;
+    }
+
+    /// Schedules a Spot interruption (`spot/instance-action`), or cancels it.
+    pub fn set_spot_instance_action(&self, notice: Option<SpotInstanceAction>) -> io::Result<()> {
+        self.update_instance_data(|d| d.spot_instance_action = notice)
+    }
+
+    /// Replaces the instance, token mode and faults at once, as the binary
+    /// does when its file changes. Issued tokens stay valid and the counts
+    /// are kept. Refused, changing nothing, if the instance is invalid.
+    pub fn reload(&self, config: Config) -> io::Result<()> {
+        validate(&config.instance)?;
+        let mut inner = self.shared.lock();
+        inner.data = config.instance;
+        inner.mode = config.token_mode;
+        self.shared.faults.send_replace(config.faults);
         Ok(())
     }
 

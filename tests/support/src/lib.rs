@@ -8,7 +8,11 @@
 //! The binaries come from `cargo xtask deps` through `CONSUL_BIN`, `NOMAD_BIN`
 //! and `MOTO_SERVER`. A missing one is a panic, not a skip: a test suite that
 //! quietly skips its peers proves nothing.
+//!
+//! [`asg::LifecycleFake`] serves the two autoscaling lifecycle calls moto
+//! lacks, in front of moto.
 
+pub mod asg;
 mod consul;
 mod dir;
 mod moto;
