@@ -50,6 +50,10 @@ job "web" {
     task "web" {
       driver = "raw_exec"
 
+      # Out of Consul first, then stopped: a drain (a client leaving) or a
+      # deployment never sends a user to an instance that is going away.
+      shutdown_delay = "5s"
+
       config {
         command = var.web_binary
       }

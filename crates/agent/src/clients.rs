@@ -38,3 +38,16 @@ fn client_tls(enabled: bool, files: &TlsFiles) -> Result<Option<ClientTls>, Boot
         .map(Some)
         .map_err(BootError::hashi("read the node's TLS files"))
 }
+
+/// Nomad's API on another node (`ip`, the local API's port and scheme): a
+/// server that is leaving asks one that stays to prune it from the gossip
+/// pool once its own Nomad has stopped.
+pub fn nomad_at(settings: &Settings, ip: &str, token: Option<Token>) -> Result<Nomad, BootError> {
+    let addr = settings.nomad.http_addr.trim_end_matches('/');
+    let (scheme, rest) = addr.split_once("://").unwrap_or(("http", addr));
+    let port = rest.rsplit_once(':').map_or("4646", |(_, p)| p);
+    let base = format!("{scheme}://{ip}:{port}");
+    let tls = client_tls(settings.tls.enabled, &TlsFiles::nomad(settings))?;
+    Nomad::with_tls(&base, token, tls.as_ref())
+        .map_err(BootError::hashi("set up a Nomad client for another server"))
+}

@@ -62,9 +62,7 @@ impl Step {
 
     pub fn phase(self) -> Phase {
         match self {
-            Step::NomadAclBootstrap | Step::NomadAgentToken | Step::NomadDrainToken => {
-                Phase::Nomad
-            },
+            Step::NomadAclBootstrap | Step::NomadAgentToken | Step::NomadDrainToken => Phase::Nomad,
             _ => Phase::Consul,
         }
     }

@@ -280,7 +280,9 @@ impl Bootstrap<'_> {
         nomad
             .acl_policy_upsert(name, description, rules)
             .await
-            .map_err(BootstrapError::nomad("write a Nomad ACL policy of the agent"))?;
+            .map_err(BootstrapError::nomad(
+                "write a Nomad ACL policy of the agent",
+            ))?;
         if let Some(stored) = self.store.get(secret).await? {
             let works = nomad
                 .with_token(Some(Token::new(stored.expose())))

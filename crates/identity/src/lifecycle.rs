@@ -106,7 +106,11 @@ mod tests {
     fn spot_notice_as_documented() {
         let n = parse_spot(r#"{"action": "terminate", "time": "2017-09-18T08:22:00Z"}"#).unwrap();
         assert_eq!(n.action, "terminate");
-        let secs = n.time.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let secs = n
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert_eq!(secs, 1_505_722_920);
         let err = parse_spot("soon").unwrap_err().to_string();
         assert!(err.contains("spot/instance-action"), "{err}");

@@ -41,6 +41,22 @@ impl Systemctl {
         Ok(out)
     }
 
+    /// Stops a unit and waits for it to be stopped: only for a node that
+    /// is leaving the cluster (the boot and the watch loop never stop a
+    /// service).
+    pub async fn stop(&self, unit: &str) -> Result<(), StartError> {
+        self.run_ok(&["stop", unit]).await
+    }
+
+    /// Whether the machine is shutting down (`systemctl
+    /// is-system-running` says "stopping").
+    pub async fn system_stopping(&self) -> bool {
+        match self.run(&["is-system-running"]).await {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).trim() == "stopping",
+            Err(_) => false,
+        }
+    }
+
     async fn run_ok(&self, args: &[&str]) -> Result<(), StartError> {
         let out = self.run(args).await?;
         if out.status.success() {

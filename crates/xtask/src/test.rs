@@ -84,6 +84,26 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
+    // The instance's life on a running cluster (docs/testing.md): an
+    // instance refresh of every server then every client, one more client,
+    // then a spot interruption of a client that runs the web service; each
+    // under load that must not fail.
+    let lifecycle: [&[&str]; 5] = [
+        &["up"],
+        &["roll", "--group", "all"],
+        &["launch", "client"],
+        &["terminate", "client3", "--spot"],
+        &["down"],
+    ];
+    for args in lifecycle {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let code = step(&format!("cluster {}", args.join(" ")), || {
+            cluster::run_with(&deps, &target, &args)
+        })?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
     eprintln!(
         "xtask: all checks passed in {}",
         fmt_duration(started.elapsed())

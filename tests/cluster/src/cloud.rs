@@ -24,6 +24,8 @@ pub fn start_moto(moto_server: &Path, host_ip: &str, port: u16, log: &Path) -> R
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
+    /// The autoscaling groups and hooks `cluster roll` plays.
+    pub asg: aws_sdk_autoscaling::Client,
 }
 
 impl Cloud {
@@ -45,6 +47,7 @@ impl Cloud {
         let cloud = Cloud {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
+            asg: aws_sdk_autoscaling::Client::new(&sdk),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {

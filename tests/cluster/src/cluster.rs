@@ -85,7 +85,14 @@ pub fn default_user_data(endpoint: &str) -> UserData {
         "[tls]\nenabled = false\n\n"
     };
     UserData {
-        env: BTreeMap::from([("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned())]),
+        env: BTreeMap::from([
+            ("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned()),
+            // The two lifecycle calls moto lacks (`crate::lifecycle`).
+            (
+                "AWS_ENDPOINT_URL_AUTO_SCALING".to_owned(),
+                format!("http://{}:{}", host::HUB_IP, crate::lifecycle::ASG_PORT),
+            ),
+        ]),
         agent_toml: format!(
             r#"# Written by the cluster harness, as cloud-init would from user-data.
 [consul]

@@ -18,6 +18,7 @@ mod ec2proxy;
 mod faults;
 mod host;
 mod journals;
+mod lifecycle;
 mod monitor;
 mod policy;
 mod scenario;
@@ -99,6 +100,30 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// An instance refresh on the running cluster: each instance of the
+    /// group is replaced, one at a time, through the groups' lifecycle
+    /// hooks (servers before clients with `all`).
+    Roll {
+        #[arg(long, value_enum, default_value = "all")]
+        group: RollGroup,
+    },
+    /// Scale-in of NODE through its group's terminating hook, or with
+    /// --spot a spot interruption notice; no replacement.
+    Terminate {
+        node: String,
+        #[arg(long)]
+        spot: bool,
+    },
+    /// Launch one more instance of GROUP (server or client) into the
+    /// running cluster, through its launching hook.
+    Launch { group: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RollGroup {
+    Server,
+    Client,
+    All,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +179,26 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 });
         }
+        Command::Roll { group } => host::enter_hub().and_then(|()| {
+            let groups: &[&str] = match group {
+                RollGroup::Server => &["server"],
+                RollGroup::Client => &["client"],
+                RollGroup::All => &["server", "client"],
+            };
+            block_on(lifecycle_verb(cli.paths, |c| {
+                Box::pin(lifecycle::roll(c, groups))
+            }))
+        }),
+        Command::Terminate { node, spot } => host::enter_hub().and_then(|()| {
+            block_on(lifecycle_verb(cli.paths, move |c| {
+                Box::pin(async move { lifecycle::terminate(c, &node, spot).await })
+            }))
+        }),
+        Command::Launch { group } => host::enter_hub().and_then(|()| {
+            block_on(lifecycle_verb(cli.paths, move |c| {
+                Box::pin(async move { lifecycle::launch(c, &group).await })
+            }))
+        }),
         Command::Test => {
             let paths = cli.paths.clone();
             let outcome = start(&paths).and_then(|()| block_on(test(paths.clone())));
@@ -262,6 +307,27 @@ async fn upgrade(paths: Paths) -> Result<bool> {
         eprintln!("cluster: upgrade: FAILED (see \"failures\")");
     }
     Ok(ok)
+}
+
+/// Runs a lifecycle verb on the running cluster; its JSON on stdout.
+async fn lifecycle_verb<F>(paths: Paths, verb: F) -> Result<bool>
+where
+    F: for<'a> FnOnce(
+        &'a mut Cluster,
+    )
+        -> std::pin::Pin<Box<dyn Future<Output = Result<lifecycle::Report>> + 'a>>,
+{
+    let mut cluster = Cluster::load(paths).await?;
+    let report = verb(&mut cluster).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.failures.is_empty() {
+        eprintln!(
+            "cluster: {}: FAILED: {}",
+            report.verb,
+            report.failures.join("; ")
+        );
+    }
+    Ok(report.failures.is_empty())
 }
 
 async fn test(paths: Paths) -> Result<bool> {

@@ -90,7 +90,9 @@ impl Launch<'_> {
                 "vpc_id": self.vpc_id,
                 "region": self.region,
                 "availability_zone": self.availability_zone,
-                "tags": self.tags,
+                // AWS tags every instance of a group with it (not in
+                // moto: it refuses the reserved aws: prefix, as EC2 does).
+                "tags": with_group_tag(&self.tags, &self.group),
                 "iam_role": {
                     "name": "kraken-node",
                     "access_key_id": "AKIAKRAKENCLUSTER",
@@ -156,6 +158,15 @@ impl Launch<'_> {
             gone: false,
         })
     }
+}
+
+fn with_group_tag(tags: &BTreeMap<String, String>, group: &str) -> BTreeMap<String, String> {
+    let mut all = tags.clone();
+    all.insert(
+        "aws:autoscaling:groupName".into(),
+        crate::lifecycle::asg_name(group),
+    );
+    all
 }
 
 /// The fake IMDS of VM `name`, serving `dir/imds.json` in its namespace.

@@ -11,6 +11,8 @@
 //!    serve: [`served`]
 //! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`]
 //! 8. ready: `kraken_ready`, driven by `cmd::run`
+//!
+//! After the boot, the instance's autoscaling lifecycle: [`lifecycle`].
 
 pub mod applied;
 pub mod apply;
@@ -18,6 +20,7 @@ pub mod autopilot;
 pub mod bootstrap;
 pub mod discovery;
 pub mod follow;
+pub mod lifecycle;
 pub mod node;
 pub mod pki;
 pub mod published;

@@ -66,7 +66,7 @@ impl RestartGate {
         format!("kraken/{}/restart/lock", self.cluster)
     }
 
-    async fn health(&self, system: System) -> Result<AutopilotHealth, HashiError> {
+    pub(crate) async fn health(&self, system: System) -> Result<AutopilotHealth, HashiError> {
         match (system, &self.nomad) {
             (System::Consul, _) => self.consul.autopilot_health().await,
             (System::Nomad, Some(nomad)) => nomad.autopilot_health().await,
@@ -74,7 +74,7 @@ impl RestartGate {
         }
     }
 
-    fn expected(&self, system: System) -> u32 {
+    pub(crate) fn expected(&self, system: System) -> u32 {
         u32::from(match system {
             System::Consul => self.consul_servers,
             System::Nomad => self.nomad_servers,
@@ -133,7 +133,10 @@ impl RestartGate {
 
     /// The lock, or `None` when the cluster has had no leader for a while
     /// (nothing left to protect, and no way to lock).
-    async fn lock(&self, status: &(dyn Fn(&str) + Sync)) -> Result<Option<Lease>, BootError> {
+    pub(crate) async fn lock(
+        &self,
+        status: &(dyn Fn(&str) + Sync),
+    ) -> Result<Option<Lease>, BootError> {
         let settings = LeaseSettings {
             ttl: LOCK_TTL,
             lock_delay: Duration::from_secs(1),

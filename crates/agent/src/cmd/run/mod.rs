@@ -11,12 +11,16 @@ mod servers;
 mod state;
 mod watch;
 
+use std::time::Duration;
+
+use kraken_identity::ImdsIdentity;
 use kraken_ready::{Notifier, Status, StatusFile};
 use kraken_render::RenderSecrets;
 use kraken_settings::Settings;
 use kraken_start::Systemctl;
 
 use crate::steps::applied::Applied;
+use crate::steps::lifecycle;
 use crate::{BootError, tuning};
 use state::Agent;
 
@@ -45,8 +49,20 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
+    // From the first moment: a termination notice can come in the middle
+    // of the boot, and then the boot stops where it is.
+    let imds = ImdsIdentity::new(tuning::imds(&agent.settings), tuning::aws(&agent.settings));
+    let poll = Duration::from_secs(agent.settings.lifecycle.poll_secs);
     let result = tokio::select! {
         r = converge_and_watch(&mut agent) => r,
+        departure = lifecycle::departure(&imds, poll) => {
+            agent.leave(&departure).await;
+            // Stay (and keep the watchdog fed) until the instance goes:
+            // exiting would let a restart of this unit join it again.
+            term.recv().await;
+            agent.notifier.stopping();
+            Ok(())
+        }
         _ = term.recv() => {
             agent.notifier.stopping();
             log::info!("SIGTERM: stopping; the services keep running");
@@ -90,4 +106,33 @@ async fn converge_and_watch(agent: &mut Agent) -> Result<(), BootError> {
     agent.status_file.write(&mut agent.status);
     agent.notifier.ready(&summary);
     agent.watch(converged).await
+}
+
+impl Agent {
+    /// The node leaves the cluster (`steps::lifecycle::leave`); the report
+    /// goes to the status file for `doctor` and the logs.
+    async fn leave(&mut self, departure: &lifecycle::Departure) {
+        self.say(
+            "leaving",
+            &format!("leaving the cluster: {}", departure.describe()),
+        );
+        let mut delay = Duration::from_secs(1);
+        let ctx = loop {
+            match lifecycle::Context::load(&self.settings).await {
+                Ok(ctx) => break ctx,
+                Err(e) => {
+                    log::warn!("lifecycle: reading what leaving needs: {e}; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let progress = self.progress();
+        let report = lifecycle::leave::leave(&ctx, &self.manager, departure, &progress).await;
+        self.record("left", &report);
+        self.say(
+            "left",
+            &format!("left the cluster: {}", departure.describe()),
+        );
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::apply::Outcome;
-use crate::steps::{autopilot, bootstrap, discovery, pki};
+use crate::steps::{autopilot, bootstrap, discovery, lifecycle, pki};
 use kraken_secrets::SecretStore;
 
 use crate::{BootError, clients};
@@ -43,6 +43,7 @@ impl Agent {
             .into_iter()
             .filter(|s| self.runs(&node.spec, *s))
             .collect();
+        self.complete_launch(&node).await;
         if !auto_join {
             // At once: a client added right after the cluster formed then
             // boots from the list too, not only after the first round.
@@ -115,6 +116,25 @@ impl Agent {
                 self.rejoin(&node).await;
             }
         }
+    }
+
+    /// The launching hook, completed in the background once the node
+    /// serves (`steps::lifecycle::launch`), while the loop goes on.
+    async fn complete_launch(&self, node: &Converged) {
+        let sdk =
+            kraken_aws::sdk_config(&node.identity.region, &crate::tuning::aws(&self.settings))
+                .await;
+        let Some(hooks) = lifecycle::Hooks::new(&self.settings, &node.identity, &sdk) else {
+            return;
+        };
+        let ctx = lifecycle::Context {
+            settings: self.settings.clone(),
+            identity: node.identity.clone(),
+            spec: node.spec.clone(),
+            store: node.store.clone(),
+            hooks: Some(hooks),
+        };
+        tokio::spawn(lifecycle::launch::complete(ctx));
     }
 
     /// On Consul servers: tokens and policies (recreate what Consul lost,
