@@ -9,7 +9,7 @@ pub(crate) mod acl;
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Nomad {
-    http: Http,
+    pub(crate) http: Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -114,6 +114,7 @@ impl Agent {
             if !auto_join {
                 self.rejoin(&node).await;
             }
+            self.snapshots(&node).await;
         }
     }
 
