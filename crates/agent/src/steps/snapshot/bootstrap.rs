@@ -49,7 +49,7 @@ pub async fn consul(
         return Ok(None);
     }
     let bucket = SnapshotStore::new(settings, sdk, &spec.cluster)?;
-    let Some(_lease) = lease(settings, spec, node, consul, || async {
+    let Some(mut lease) = lease(settings, spec, node, consul, || async {
         Ok::<_, BootstrapError>(!fresh().await?)
     })
     .await?
@@ -58,29 +58,35 @@ pub async fn consul(
     };
     // Under the lease: another node may have restored or bootstrapped
     // while this one waited.
-    if !fresh().await? {
-        return Ok(None);
+    let result = async {
+        if !fresh().await? {
+            return Ok(None);
+        }
+        let Some(newest) = bucket.newest(Service::Consul).await? else {
+            log::info!(
+                "no Consul snapshot in s3://{}/{}: bootstrapping a new cluster",
+                bucket.bucket(),
+                bucket.dir(Service::Consul)
+            );
+            return Ok(None);
+        };
+        super::restore(
+            settings,
+            &bucket,
+            Service::Consul,
+            Some(&newest.key),
+            token,
+            store,
+        )
+        .await
+        .map(Some)
     }
-    let Some(newest) = bucket.newest(Service::Consul).await? else {
-        log::info!(
-            "no Consul snapshot in s3://{}/{}: bootstrapping a new cluster",
-            bucket.bucket(),
-            bucket.dir(Service::Consul)
-        );
-        return Ok(None);
-    };
-    // The restore replaces the sessions too: the lease ends with it, and
-    // the bootstrap's own lease is taken anew after.
-    let restored = super::restore(
-        settings,
-        &bucket,
-        Service::Consul,
-        Some(&newest.key),
-        token,
-        store,
-    )
-    .await?;
-    Ok(Some(restored))
+    .await;
+    // Released at once (the bootstrap's phase takes the same lock next),
+    // not left to expire. After a restore the session is gone already: the
+    // restore replaced the sessions too.
+    lease.release().await;
+    result
 }
 
 /// Before the Nomad phase, on Nomad servers (`consul` holds their Consul

@@ -215,3 +215,45 @@ impl SnapshotStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(prefix: &str) -> SnapshotStore {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        SnapshotStore {
+            s3: aws_sdk_s3::Client::from_conf(config),
+            bucket: "b".into(),
+            prefix: prefix.into(),
+            cluster: "prod".into(),
+        }
+    }
+
+    #[test]
+    fn keys_are_prefix_cluster_service_time() {
+        assert_eq!(store("backups").dir(Service::Nomad), "backups/prod/nomad/");
+        assert_eq!(store("").dir(Service::Consul), "prod/consul/");
+        let key = "backups/prod/consul/2026-12-01T05:30:56.123Z.snap";
+        let info = store("backups").info(Service::Consul, key).unwrap();
+        assert_eq!(info.taken_at, "2026-12-01T05:30:56.123Z");
+    }
+
+    #[test]
+    fn other_keys_are_not_snapshots_of_ours() {
+        let s = store("backups");
+        for key in [
+            // Another service's, another cluster's, a person's upload.
+            "backups/prod/nomad/2026-12-01T05:30:56.123Z.snap",
+            "backups/test/consul/2026-12-01T05:30:56.123Z.snap",
+            "backups/prod/consul/latest.snap",
+            "backups/prod/consul/2026-12-01T05:30:56.123Z.tgz",
+        ] {
+            let err = s.info(Service::Consul, key).unwrap_err().to_string();
+            assert!(err.contains("s3://b/backups/prod/consul/"), "{key}: {err}");
+        }
+    }
+}
