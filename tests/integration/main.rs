@@ -15,5 +15,6 @@ mod live_peers;
 mod published;
 mod render_validate;
 mod run;
+mod snapshots;
 mod tls;
 mod web_job;

@@ -50,6 +50,14 @@ pub enum BootError {
     Pki(#[from] kraken_pki::PkiError),
     #[error("node file {path}: {message}")]
     NodeFile { path: String, message: String },
+    #[error("snapshot: {0}")]
+    Snapshot(Box<crate::steps::snapshot::SnapshotError>),
+}
+
+impl From<crate::steps::snapshot::SnapshotError> for BootError {
+    fn from(e: crate::steps::snapshot::SnapshotError) -> Self {
+        BootError::Snapshot(Box::new(e))
+    }
 }
 
 impl BootError {
@@ -74,6 +82,7 @@ impl BootError {
             BootError::Secret(e) => e.is_transient(),
             BootError::SecretAbsent { .. } => true,
             BootError::Bootstrap(e) => e.is_transient(),
+            BootError::Snapshot(e) => e.is_transient(),
             BootError::Settings(_)
             | BootError::Intent(_)
             | BootError::Render(_)
@@ -118,6 +127,7 @@ impl BootError {
             BootError::Identity(IdentityError::TagsAccessDenied { .. }) => EX_NOPERM,
             BootError::Secret(e) if e.is_access_denied() => EX_NOPERM,
             BootError::Write(_) => EX_CANTCREAT,
+            BootError::Snapshot(e) if e.is_config() => EX_CONFIG,
             _ => EX_UNAVAILABLE,
         }
     }
@@ -364,6 +374,14 @@ mod tests {
                 false,
                 78,
             ),
+            (
+                crate::steps::snapshot::SnapshotError::NoSuchBucket {
+                    bucket: "acme-snapshots".into(),
+                }
+                .into(),
+                false,
+                78,
+            ),
         ]
     }
 
@@ -378,7 +396,7 @@ mod tests {
         assert_eq!(seen.len(), VARIANTS, "a BootError variant has no case");
     }
 
-    const VARIANTS: usize = 13;
+    const VARIANTS: usize = 14;
 
     /// No wildcard: a new variant does not compile until it is counted
     /// here, and then fails the test until it has a case.
@@ -397,6 +415,7 @@ mod tests {
             BootError::Bootstrap(_) => 10,
             BootError::Pki(_) => 11,
             BootError::NodeFile { .. } => 12,
+            BootError::Snapshot(_) => 13,
         }
     }
 

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kraken_agent::BootError;
-use kraken_agent::cmd::{doctor, render, run};
+use kraken_agent::cmd::{doctor, render, run, snapshot};
+use kraken_agent::steps::snapshot::Service;
 use kraken_settings::{DEFAULT_SETTINGS_PATH, Settings};
 
 /// The unit's `EnvironmentFile=` (systemd/kraken-agent.service).
@@ -46,6 +47,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Consul and Nomad snapshots in S3 ([snapshots] in agent.toml): take
+    /// one now, list them, or restore one. JSON on stdout.
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::Action,
+        /// One service only (default: both, Consul first).
+        #[arg(long, global = true, value_enum)]
+        service: Option<Service>,
+        /// The snapshot to restore (its S3 key, as `list` shows it);
+        /// default: the newest.
+        #[arg(long, global = true)]
+        key: Option<String>,
+        /// Whose snapshots (default: this instance's cluster, from its
+        /// tags).
+        #[arg(long, global = true)]
+        cluster: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -59,7 +77,7 @@ fn main() -> ExitCode {
     kraken_agent::logging::init();
     if matches!(
         cli.command,
-        Command::Doctor { .. } | Command::Render { node: None, .. }
+        Command::Doctor { .. } | Command::Render { node: None, .. } | Command::Snapshot { .. }
     ) {
         // A person running these by hand gets the environment the service
         // runs with (the unit's EnvironmentFile: AWS endpoint overrides and
@@ -112,6 +130,20 @@ fn main() -> ExitCode {
             Command::Run => run::run(settings).await,
             Command::Render { out, node, json } => {
                 render::render(&settings, node.as_deref(), &out, json).await
+            }
+            Command::Snapshot {
+                action,
+                service,
+                key,
+                cluster,
+            } => {
+                let args = snapshot::Args {
+                    action,
+                    service,
+                    key,
+                    cluster,
+                };
+                snapshot::snapshot(&settings, args).await
             }
             Command::Version | Command::Doctor { .. } => unreachable!("handled above"),
         }

@@ -84,6 +84,19 @@ pub fn ec2_client(sdk: &SdkConfig, calls: &ApiCalls) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::from_conf(config)
 }
 
+/// An S3 client whose every HTTP attempt is counted in `calls`. The
+/// endpoint comes from the standard environment like every other client's
+/// (`AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`); `force_path_style`
+/// is the SDK's own knob, for S3-compatible stores that do not serve a
+/// bucket as a host name of its own.
+pub fn s3_client(sdk: &SdkConfig, calls: &ApiCalls, force_path_style: bool) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(force_path_style)
+        .interceptor(calls.clone())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// Counts HTTP attempts (retries included) made through a client.
 #[derive(Debug, Clone, Default)]
 pub struct ApiCalls(Arc<AtomicU64>);

@@ -24,6 +24,7 @@ pub use lease::{Lease, LeaseSettings};
 pub use policies::{AGENT_VERSION, POLICIES, ROLE_TOKENS, version_of, versioned};
 pub use run::{Bootstrap, CRASH_AFTER_ENV, Report};
 pub use state::{
-    Phase, Retired, State, Step, TokenRecord, key as state_key, read as read_state, sha256_hex,
+    Phase, Retired, State, Step, TokenRecord, key as state_key, lock_key, read as read_state,
+    sha256_hex,
 };
 pub use tokens::Upkeep;

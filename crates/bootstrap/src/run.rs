@@ -48,7 +48,7 @@ pub struct Bootstrap<'a> {
 
 impl Bootstrap<'_> {
     pub(crate) fn lock_key(&self) -> String {
-        format!("kraken/{}/bootstrap/lock", self.cluster)
+        crate::state::lock_key(&self.cluster)
     }
 
     pub(crate) fn state_key(&self) -> String {

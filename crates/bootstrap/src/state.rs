@@ -120,6 +120,12 @@ pub fn key(cluster: &str) -> String {
     format!("kraken/{cluster}/bootstrap/state")
 }
 
+/// The bootstrap lease's lock key: whatever must not overlap the
+/// bootstrap's steps (a restore at bootstrap) holds the same lock.
+pub fn lock_key(cluster: &str) -> String {
+    format!("kraken/{cluster}/bootstrap/lock")
+}
+
 /// The bootstrap state and its modify index (empty and 0 before the first
 /// step). Every node's agent token may read it: it holds digests and
 /// accessors, never a secret.

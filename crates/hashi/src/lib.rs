@@ -7,6 +7,7 @@ mod consul;
 mod http;
 mod nomad;
 mod served;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 

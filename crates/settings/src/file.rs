@@ -12,6 +12,7 @@ use crate::lifecycle::LifecycleSettings;
 use crate::paths::PathSettings;
 use crate::secrets::SecretSettings;
 use crate::services::{ConsulSettings, DockerSettings, NomadSettings, StartSettings};
+use crate::snapshots::SnapshotSettings;
 
 /// `/etc/kraken/agent.toml`: how this site runs the stack. Every key is
 /// optional; unknown keys are an error (a misspelt key silently ignored is
@@ -32,6 +33,7 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub tls: TlsSettings,
     pub lifecycle: LifecycleSettings,
+    pub snapshots: SnapshotSettings,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -101,6 +103,7 @@ impl Settings {
             }
         }
         self.tls.validate()?;
+        self.snapshots.validate()?;
         Ok(())
     }
 }
@@ -167,6 +170,12 @@ mod tests {
         assert!(err.contains("consul.http_addr"), "{err}");
         let err = Settings::parse("[consul]\nhttp_addr = \"http://127.0.0.1:8500\"\n").unwrap_err();
         assert!(err.contains("tls.enabled = true"), "{err}");
+        let err = Settings::parse("[snapshots]\nbucket = \"s3://b\"\n").unwrap_err();
+        assert!(err.contains("snapshots.bucket"), "{err}");
+        let err = Settings::parse("[snapshots]\nprefix = \"/x/\"\n").unwrap_err();
+        assert!(err.contains("snapshots.prefix"), "{err}");
+        let err = Settings::parse("[snapshots]\nretention = 0\n").unwrap_err();
+        assert!(err.contains("snapshots.retention = 0"), "{err}");
         let err = Settings::parse("[tls]\nrenew_fraction = 1.5\n").unwrap_err();
         assert!(err.contains("tls.renew_fraction"), "{err}");
     }

@@ -17,6 +17,7 @@ mod names;
 mod paths;
 mod secrets;
 mod services;
+mod snapshots;
 
 pub use cloud::{AwsSettingsFile, DiscoverySettings, ImdsSettingsFile};
 pub use cluster::{BootstrapSettings, TlsSettings};
@@ -29,3 +30,4 @@ pub use secrets::{
     Backend, DEFAULT_DIR, DEFAULT_SSM_PREFIX, InvalidSetting, SecretSettings, validate_ssm_prefix,
 };
 pub use services::{ConsulSettings, DockerLogDriver, DockerSettings, NomadSettings, StartSettings};
+pub use snapshots::SnapshotSettings;

@@ -231,9 +231,21 @@ pub async fn boot_with(imds_outage: Duration, extra: &str) -> Node {
 
 /// [`boot_with`] for a node of `roles` (the `kraken:roles` tag).
 pub async fn boot_as(roles: &str, imds_outage: Duration, extra: &str) -> Node {
+    let moto = std::sync::Arc::new(Moto::start().await);
+    boot_on(moto, roles, imds_outage, extra).await
+}
+
+/// [`boot_as`] on an existing moto (its S3 buckets and SSM secrets), in a
+/// subnet of its own: a new cluster of the same name once the instances
+/// of the one before are terminated.
+pub async fn boot_on(
+    moto: std::sync::Arc<Moto>,
+    roles: &str,
+    imds_outage: Duration,
+    extra: &str,
+) -> Node {
     let ip = LoopbackAddrs::allocate(1)[0];
     let [_, b, c, _] = ip.octets();
-    let moto = std::sync::Arc::new(Moto::start().await);
     let ec2 = ec2(&moto.endpoint()).await;
     let subnet = loopback_subnet(&ec2, b, c).await;
     boot_in(moto, &subnet, ip, roles, imds_outage, extra).await

@@ -10,6 +10,7 @@ use kraken_render::RenderSecrets;
 use kraken_secrets::Store;
 use kraken_settings::Settings;
 
+use crate::steps::snapshot;
 use crate::{BootError, clients, tuning};
 
 fn participant<'a>(
@@ -41,38 +42,63 @@ fn token(s: Option<&kraken_secrets::Secret>) -> Option<Token> {
 
 /// The Consul phase, on Consul servers (with the initial-management
 /// token): policies, role tokens, the anonymous token's policy.
+///
+/// With `snapshots.restore_at_bootstrap`, a fresh cluster first restores
+/// its newest Consul snapshot (`steps::snapshot::bootstrap`), then the
+/// token upkeep brings the restored tokens to the stored secrets.
 pub async fn consul_phase(
     settings: &Settings,
     spec: &NodeSpec,
     node: &str,
     store: &Store,
     secrets: &RenderSecrets,
+    sdk: &aws_config::SdkConfig,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<Report>, BootError> {
     if !spec.has(Role::ConsulServer) {
         return Ok(None);
     }
+    let mut restored = None;
+    if let Some(management) = token(secrets.initial_management.as_ref()) {
+        status("bootstrap: looking for a Consul snapshot to restore");
+        restored =
+            snapshot::bootstrap::consul(settings, spec, node, sdk, store, &management).await?;
+    }
     status("bootstrap: Consul ACL policies and tokens");
     let consul = clients::consul(settings, token(secrets.initial_management.as_ref()))?;
-    let b = participant(settings, spec, node, store, consul, false)?;
-    Ok(Some(b.run(Phase::Consul).await?))
+    let b = participant(settings, spec, node, store, consul.clone(), false)?;
+    let report = b.run(Phase::Consul).await?;
+    if let Some(info) = restored {
+        let done = upkeep(settings, spec, node, store, secrets, &consul).await?;
+        log::info!(
+            "Consul restored from s3://{}/{}; token upkeep after it: {done:?}",
+            info.bucket,
+            info.key
+        );
+    }
+    Ok(Some(report))
 }
 
 /// The Nomad phase, on Nomad servers (with their Consul token, which the
 /// Consul phase made): Nomad's ACL bootstrap and the agent's Nomad token.
+/// With `snapshots.restore_at_bootstrap`, a fresh Nomad is first
+/// ACL-bootstrapped and restored from its newest snapshot.
 pub async fn nomad_phase(
     settings: &Settings,
     spec: &NodeSpec,
     node: &str,
     store: &Store,
     secrets: &RenderSecrets,
+    sdk: &aws_config::SdkConfig,
     status: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<Report>, BootError> {
     if !spec.has(Role::NomadServer) {
         return Ok(None);
     }
-    status("bootstrap: Nomad ACLs");
     let consul = clients::consul(settings, token(secrets.nomad_consul.as_ref()))?;
+    status("bootstrap: looking for a Nomad snapshot to restore");
+    snapshot::bootstrap::nomad(settings, spec, node, sdk, store, &consul).await?;
+    status("bootstrap: Nomad ACLs");
     let b = participant(settings, spec, node, store, consul, true)?;
     Ok(Some(b.run(Phase::Nomad).await?))
 }

@@ -9,7 +9,9 @@
 //!    what they loaded requires: [`start`], [`apply`], [`applied`], with
 //!    servers restarting one at a time: [`restart`]; the certificates they
 //!    serve: [`served`]
-//! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`]
+//! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`];
+//!    snapshots of Consul and Nomad in S3, taken by the leaders and restored
+//!    at a fresh cluster's bootstrap: [`snapshot`]
 //! 8. ready: `kraken_ready`, driven by `cmd::run`
 //!
 //! After the boot, the instance's autoscaling lifecycle: [`lifecycle`].
@@ -28,5 +30,6 @@ pub mod render;
 pub mod restart;
 pub mod secrets;
 pub mod served;
+pub mod snapshot;
 pub mod start;
 pub mod tokens;

@@ -12,7 +12,7 @@ pub(crate) mod acl;
 /// A Consul agent's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Consul {
-    http: Http,
+    pub(crate) http: Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

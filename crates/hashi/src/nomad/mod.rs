@@ -10,7 +10,7 @@ pub(crate) mod leave;
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Nomad {
-    http: Http,
+    pub(crate) http: Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

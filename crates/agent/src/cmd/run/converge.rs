@@ -111,6 +111,7 @@ impl Agent {
             &identity.instance_id,
             &store,
             &self.secrets,
+            &sdk,
             &progress,
         )
         .await?;
@@ -143,6 +144,7 @@ impl Agent {
             &identity.instance_id,
             &store,
             &self.secrets,
+            &sdk,
             &progress,
         )
         .await?;

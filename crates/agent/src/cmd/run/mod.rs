@@ -8,6 +8,7 @@
 
 mod converge;
 mod servers;
+mod snapshots;
 mod state;
 mod watch;
 
@@ -46,6 +47,7 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         status_file,
         status,
         distrust_published: false,
+        snapshot_schedule: Default::default(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");

@@ -35,6 +35,8 @@ pub(super) struct Agent {
     /// (the list may be stale: its addresses leading nowhere keep Consul
     /// from answering): the next one asks EC2.
     pub distrust_published: bool,
+    /// Scheduled snapshots, on servers (`[snapshots]`).
+    pub snapshot_schedule: super::snapshots::Schedule,
 }
 
 /// What one convergence produced, for the watch loop.
