@@ -8,7 +8,8 @@ commands:
                      cache and print `export` lines: eval \"$(cargo xtask deps)\"
   test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings,
                      cargo test --workspace [ARGS...] with the peers' env set,
-                     `cluster test` and a 4-minute `cluster soak`
+                     `cluster test`, a 4-minute `cluster soak`, a short bench and
+                     the lifecycle verbs on a fresh cluster
   cluster up [--topology small|seed]
                      build the local image and boot the cluster in nspawn VMs,
                      deploy the web job and print its answers; leaves it running
@@ -20,6 +21,15 @@ commands:
   cluster exec NODE -- CMD...
                      run CMD inside a VM of the running cluster, e.g.
                      `cluster exec server1 -- kraken-agent doctor`
+  cluster roll [--group server|client|all]
+                     on the running cluster: an instance refresh, one instance
+                     at a time through the groups' lifecycle hooks (JSON)
+  cluster launch GROUP
+                     one more instance of GROUP (server, client) through its
+                     launching hook (JSON on stdout)
+  cluster terminate NODE [--spot]
+                     scale-in of NODE through its terminating hook, or a spot
+                     interruption notice (JSON on stdout)
   cluster soak [--minutes M] [--leaf-lifetime-secs S]
                      a fresh small cluster with S-second certificates under
                      load for M minutes (JSON on stdout), then down

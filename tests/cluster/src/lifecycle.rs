@@ -357,9 +357,9 @@ async fn terminate_vm(
     match account {
         Some(left) => {
             if left["drain"]["complete"] == false {
-                report
-                    .failures
-                    .push(format!("{name}: the drain did not finish before its deadline"));
+                report.failures.push(format!(
+                    "{name}: the drain did not finish before its deadline"
+                ));
             }
             if left["errors"].as_array().is_some_and(|e| !e.is_empty()) {
                 report
