@@ -178,21 +178,41 @@ async fn drain(
     let nomad = clients::nomad(&ctx.settings, Some(Token::new(token.expose())))
         .map_err(|e| e.to_string())?;
     let me = &ctx.identity.instance_id;
-    let id = nomad
-        .nodes()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|n| &n.name == me)
-        .map(|n| n.id)
-        .ok_or_else(|| format!("Nomad has no node named {me}"))?;
     let deadline = drain_deadline(ctx, departure);
     let started = Instant::now();
     let why = format!("kraken-agent: {} ({})", departure.describe(), me);
-    nomad
-        .drain(&id, deadline, &why)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The local client forwards to a server; one that just left (an
+    // instance refresh replaces servers first) fails the call until the
+    // client's server list moves on: try again within the deadline.
+    let mut last = String::new();
+    let id = loop {
+        let attempt = async {
+            let id = nomad
+                .nodes()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|n| &n.name == me)
+                .map(|n| n.id)
+                .ok_or_else(|| format!("Nomad has no node named {me}"))?;
+            nomad
+                .drain(&id, deadline, &why)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<String, String>(id)
+        };
+        match attempt.await {
+            Ok(id) => break id,
+            Err(e) if started.elapsed() < deadline => {
+                if e != last {
+                    log::warn!("lifecycle: starting the drain: {e}; trying again");
+                    last = e;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     log::info!(
         "lifecycle: draining node {id} with a {}s deadline",
         deadline.as_secs()
