@@ -39,11 +39,13 @@ async fn not_yet(ctx: &Context) -> Option<String> {
     let token = |s: kraken_secrets::Secret| Some(Token::new(s.expose()));
     let read = |name| async move { ctx.store.get(name).await.ok().flatten() };
     if ctx.spec.has(Role::ConsulServer) {
-        let consul = clients::consul(
+        let consul = match clients::consul(
             &ctx.settings,
             read(names::CONSUL_SERVER).await.and_then(token),
-        )
-        .ok()?;
+        ) {
+            Ok(c) => c,
+            Err(e) => return Some(e.to_string()),
+        };
         match consul.autopilot_health().await {
             Ok(h) if healthy_voter(&h, node) => {}
             Ok(_) => return Some("not yet a healthy Consul voter".into()),
@@ -51,11 +53,13 @@ async fn not_yet(ctx: &Context) -> Option<String> {
         }
     }
     if ctx.spec.has(Role::NomadServer) {
-        let nomad = clients::nomad(
+        let nomad = match clients::nomad(
             &ctx.settings,
             read(names::NOMAD_AGENT).await.and_then(token),
-        )
-        .ok()?;
+        ) {
+            Ok(c) => c,
+            Err(e) => return Some(e.to_string()),
+        };
         match nomad.autopilot_health().await {
             Ok(h) if healthy_voter(&h, node) => {}
             Ok(_) => return Some("not yet a healthy Nomad voter".into()),
@@ -66,7 +70,10 @@ async fn not_yet(ctx: &Context) -> Option<String> {
         let Some(drain) = read(names::NOMAD_DRAIN).await else {
             return Some(format!("no {} in the secret store yet", names::NOMAD_DRAIN));
         };
-        let nomad = clients::nomad(&ctx.settings, token(drain)).ok()?;
+        let nomad = match clients::nomad(&ctx.settings, token(drain)) {
+            Ok(c) => c,
+            Err(e) => return Some(e.to_string()),
+        };
         let found = match nomad.nodes().await {
             Ok(nodes) => nodes.into_iter().find(|n| &n.name == node),
             Err(e) => return Some(format!("Nomad nodes: {e}")),
