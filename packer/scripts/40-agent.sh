@@ -55,7 +55,7 @@ units=("$KRAKEN_UNITS_DIR"/*.service)
 for src in "${units[@]}"; do
   put "$src" "/etc/systemd/system/$(basename "$src")" 0644
 done
-for unit in kraken-agent.service consul.service nomad.service; do
+for unit in kraken-agent.service kraken-leave.service consul.service nomad.service; do
   [ -f "/etc/systemd/system/$unit" ] || die "$KRAKEN_UNITS_DIR has no $unit"
 done
 # What the units run besides the services: ExecReload=/bin/kill (procps),
@@ -70,7 +70,7 @@ if command -v systemd-analyze >/dev/null; then
   # Unknown directives, typos, commands that do not exist: a broken unit
   # must fail the build, not the first boot.
   if ! out=$(systemd-analyze verify --man=no /etc/systemd/system/kraken-agent.service \
-    /etc/systemd/system/consul.service /etc/systemd/system/nomad.service 2>&1); then
+    /etc/systemd/system/kraken-leave.service /etc/systemd/system/consul.service /etc/systemd/system/nomad.service 2>&1); then
     printf '%s\n' "$out" | sed 's/^/40-agent: systemd-analyze: /' >&2
     die "systemd-analyze verify found problems in the units"
   fi
@@ -87,23 +87,26 @@ fi
 
 if is_live_systemd; then
   [ "$changed" = 0 ] || systemctl daemon-reload
-  systemctl enable --quiet kraken-agent.service
+  systemctl enable --quiet kraken-agent.service kraken-leave.service
 else
   # No systemd as PID 1 (a chroot): --root edits the unit links offline.
-  if ! systemctl --root=/ --quiet enable kraken-agent.service; then
-    log "systemctl --root=/ enable failed; creating the link by hand"
+  if ! systemctl --root=/ --quiet enable kraken-agent.service kraken-leave.service; then
+    log "systemctl --root=/ enable failed; creating the links by hand"
     install -d -m 0755 /etc/systemd/system/multi-user.target.wants
-    ln -sfn /etc/systemd/system/kraken-agent.service \
-      /etc/systemd/system/multi-user.target.wants/kraken-agent.service
+    for unit in kraken-agent.service kraken-leave.service; do
+      ln -sfn "/etc/systemd/system/$unit" "/etc/systemd/system/multi-user.target.wants/$unit"
+    done
   fi
 fi
 
-link=/etc/systemd/system/multi-user.target.wants/kraken-agent.service
-[ "$(readlink -f "$link")" = /etc/systemd/system/kraken-agent.service ] ||
-  die "$link does not point at /etc/systemd/system/kraken-agent.service"
+for unit in kraken-agent.service kraken-leave.service; do
+  link=/etc/systemd/system/multi-user.target.wants/$unit
+  [ "$(readlink -f "$link")" = "/etc/systemd/system/$unit" ] ||
+    die "$link does not point at /etc/systemd/system/$unit"
+done
 for unit in consul.service nomad.service; do
   if systemctl --root=/ --quiet is-enabled "$unit" 2>/dev/null; then
     die "$unit is enabled; kraken-agent must be the one to enable it"
   fi
 done
-log "done: kraken-agent.service enabled; consul.service and nomad.service installed, not enabled"
+log "done: kraken-agent.service and kraken-leave.service enabled; consul.service and nomad.service installed, not enabled"

@@ -52,6 +52,9 @@ pub enum BootError {
     NodeFile { path: String, message: String },
     #[error("snapshot: {0}")]
     Snapshot(Box<crate::steps::snapshot::SnapshotError>),
+    /// `kraken-agent leave` could not hand the leave to the running agent.
+    #[error("leave: {0}")]
+    Leave(String),
 }
 
 impl From<crate::steps::snapshot::SnapshotError> for BootError {
@@ -83,6 +86,7 @@ impl BootError {
             BootError::SecretAbsent { .. } => true,
             BootError::Bootstrap(e) => e.is_transient(),
             BootError::Snapshot(e) => e.is_transient(),
+            BootError::Leave(_) => false,
             BootError::Settings(_)
             | BootError::Intent(_)
             | BootError::Render(_)
@@ -382,6 +386,7 @@ mod tests {
                 false,
                 78,
             ),
+            (BootError::Leave("the agent ended".into()), false, 69),
         ]
     }
 
@@ -396,7 +401,7 @@ mod tests {
         assert_eq!(seen.len(), VARIANTS, "a BootError variant has no case");
     }
 
-    const VARIANTS: usize = 14;
+    const VARIANTS: usize = 15;
 
     /// No wildcard: a new variant does not compile until it is counted
     /// here, and then fails the test until it has a case.
@@ -416,6 +421,7 @@ mod tests {
             BootError::Pki(_) => 11,
             BootError::NodeFile { .. } => 12,
             BootError::Snapshot(_) => 13,
+            BootError::Leave(_) => 14,
         }
     }
 

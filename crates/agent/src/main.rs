@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kraken_agent::BootError;
-use kraken_agent::cmd::{doctor, render, run, snapshot};
+use kraken_agent::cmd::{doctor, leave, render, run, snapshot};
 use kraken_agent::steps::snapshot::Service;
 use kraken_settings::{DEFAULT_SETTINGS_PATH, Settings};
 
@@ -64,6 +64,16 @@ enum Command {
         #[arg(long, global = true)]
         cluster: Option<String>,
     },
+    /// Leave the cluster now, as when the autoscaling group terminates the
+    /// node: a client drains, a server leaves Raft when the others can
+    /// spare it. The running agent does it when there is one. JSON on stdout.
+    Leave {
+        /// For kraken-leave.service's ExecStop: leave only when the
+        /// machine is powering off (not at a reboot, not when the unit is
+        /// stopped by hand).
+        #[arg(long)]
+        at_shutdown: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -77,7 +87,10 @@ fn main() -> ExitCode {
     kraken_agent::logging::init();
     if matches!(
         cli.command,
-        Command::Doctor { .. } | Command::Render { node: None, .. } | Command::Snapshot { .. }
+        Command::Doctor { .. }
+            | Command::Render { node: None, .. }
+            | Command::Snapshot { .. }
+            | Command::Leave { .. }
     ) {
         // A person running these by hand gets the environment the service
         // runs with (the unit's EnvironmentFile: AWS endpoint overrides and
@@ -145,6 +158,7 @@ fn main() -> ExitCode {
                 };
                 snapshot::snapshot(&settings, args).await
             }
+            Command::Leave { at_shutdown } => leave::leave(&settings, at_shutdown).await,
             Command::Version | Command::Doctor { .. } => unreachable!("handled above"),
         }
     });

@@ -17,7 +17,10 @@ const SPOT_ACTION_PATH: &str = "/latest/meta-data/spot/instance-action";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetState {
     InService,
-    /// `Terminated`: scale-in, an instance refresh, a health replacement.
+    /// `Terminated`: scale-in, an instance refresh, a health replacement;
+    /// also `Warmed:Terminated`, an instance leaving the warm pool for
+    /// good (the node does the same: it leaves what it joined, if anything,
+    /// and completes the terminating hook).
     Terminated,
     /// `Warmed:Stopped`, `Warmed:Running`, `Warmed:Hibernated`: a warm pool.
     Warmed(String),
@@ -29,7 +32,7 @@ impl TargetState {
     pub fn parse(text: &str) -> TargetState {
         match text.trim() {
             "InService" => TargetState::InService,
-            "Terminated" => TargetState::Terminated,
+            "Terminated" | "Warmed:Terminated" => TargetState::Terminated,
             s if s.starts_with("Warmed:") => TargetState::Warmed(s.to_owned()),
             s => TargetState::Other(s.to_owned()),
         }
@@ -92,6 +95,10 @@ mod tests {
     fn states_as_aws_names_them() {
         assert_eq!(TargetState::parse("InService"), TargetState::InService);
         assert_eq!(TargetState::parse("Terminated\n"), TargetState::Terminated);
+        assert_eq!(
+            TargetState::parse("Warmed:Terminated"),
+            TargetState::Terminated
+        );
         assert_eq!(
             TargetState::parse("Warmed:Stopped"),
             TargetState::Warmed("Warmed:Stopped".into())

@@ -29,6 +29,9 @@ pub struct LifecycleSettings {
     /// On a spot notice the drain ends this long before EC2 takes the
     /// instance, so the node still leaves Consul and Nomad cleanly.
     pub spot_margin_secs: u64,
+    /// Images a client in a warm pool pulls before the group stops it or
+    /// keeps it (`docker pull`), so its first tasks start without a pull.
+    pub warm_images: Vec<String>,
 }
 
 impl Default for LifecycleSettings {
@@ -41,6 +44,7 @@ impl Default for LifecycleSettings {
             heartbeat_secs: 10,
             drain_deadline_secs: 300,
             spot_margin_secs: 20,
+            warm_images: Vec::new(),
         }
     }
 }
@@ -73,6 +77,36 @@ impl LifecycleSettings {
                 return Err(format!("{key} = 0; expected at least 1"));
             }
         }
+        // They reach argv: a leading dash would be read as an option.
+        if let Some(bad) = self
+            .warm_images
+            .iter()
+            .find(|i| i.is_empty() || i.starts_with('-') || i.chars().any(char::is_whitespace))
+        {
+            return Err(format!(
+                "lifecycle.warm_images has {bad:?}; expected image references like \"redis:7\""
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_images_that_would_be_options_are_refused_by_name() {
+        let mut s = LifecycleSettings {
+            warm_images: vec!["redis:7".into(), "registry.local:5000/web@sha256:ab".into()],
+            ..LifecycleSettings::default()
+        };
+        assert_eq!(s.validate(), Ok(()));
+        s.warm_images.push("--all-tags".into());
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.contains("lifecycle.warm_images") && err.contains("--all-tags"),
+            "{err}"
+        );
     }
 }

@@ -14,7 +14,7 @@ mod tests;
 mod up;
 
 pub use manager::{ServiceManager, StartError, UnitState};
-pub use systemctl::Systemctl;
+pub use systemctl::{Shutdown, Systemctl};
 pub use up::{
     Action, Deadlines, ServiceStep, StartPlan, StartReport, bring_up, daemon_reload_if_needed,
     start_services, wait_consul, wait_docker, wait_for, wait_nomad,

@@ -45,6 +45,16 @@ impl Systemctl {
     /// is leaving the cluster (the boot and the watch loop never stop a
     /// service).
     pub async fn stop(&self, unit: &str) -> Result<(), StartError> {
+        if self.system_stopping().await {
+            // At power-off the unit's own stop job is already queued behind
+            // kraken-leave.service (ordered after it, so that it runs while
+            // the node leaves); a plain stop would merge into that job and
+            // wait for the leave that is waiting for it. Ignoring ordering,
+            // the merged job runs now.
+            return self
+                .run_ok(&["stop", "--job-mode=ignore-dependencies", unit])
+                .await;
+        }
         self.run_ok(&["stop", unit]).await
     }
 
@@ -57,6 +67,19 @@ impl Systemctl {
         }
     }
 
+    /// What the machine is shutting down into, read from the jobs
+    /// systemd has queued; `None` when it is not shutting down.
+    pub async fn shutdown(&self) -> Option<Shutdown> {
+        if !self.system_stopping().await {
+            return None;
+        }
+        let jobs = match self.run(&["list-jobs", "--no-legend", "--plain"]).await {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(_) => String::new(),
+        };
+        Some(Shutdown::from_jobs(&jobs))
+    }
+
     async fn run_ok(&self, args: &[&str]) -> Result<(), StartError> {
         let out = self.run(args).await?;
         if out.status.success() {
@@ -67,6 +90,33 @@ impl Systemctl {
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             })
+        }
+    }
+}
+
+/// A shutdown the machine comes back from, or one it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// `reboot.target`, `kexec.target` or `soft-reboot.target` is queued.
+    Reboot,
+    /// Anything else: power-off, halt (what EC2 does when it terminates
+    /// or stops an instance).
+    PowerOff,
+}
+
+impl Shutdown {
+    /// From `systemctl list-jobs --no-legend --plain`: "ID UNIT TYPE STATE".
+    pub fn from_jobs(jobs: &str) -> Shutdown {
+        let reboot = jobs.lines().any(|line| {
+            matches!(
+                line.split_whitespace().nth(1),
+                Some("reboot.target" | "kexec.target" | "soft-reboot.target")
+            )
+        });
+        if reboot {
+            Shutdown::Reboot
+        } else {
+            Shutdown::PowerOff
         }
     }
 }
@@ -142,5 +192,21 @@ impl ServiceManager for Systemctl {
     async fn is_active(&self, unit: &str) -> Result<bool, StartError> {
         let out = self.run(&["is-active", "--quiet", unit]).await?;
         Ok(out.status.success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shutdown;
+
+    #[test]
+    fn a_queued_reboot_target_is_a_reboot_and_anything_else_a_power_off() {
+        let reboot = "1 reboot.target start waiting\n7 nomad.service stop running\n";
+        assert_eq!(Shutdown::from_jobs(reboot), Shutdown::Reboot);
+        let kexec = "3 kexec.target start waiting\n";
+        assert_eq!(Shutdown::from_jobs(kexec), Shutdown::Reboot);
+        let poweroff = "1 poweroff.target start waiting\n9 reboot-guard.service stop running\n";
+        assert_eq!(Shutdown::from_jobs(poweroff), Shutdown::PowerOff);
+        assert_eq!(Shutdown::from_jobs(""), Shutdown::PowerOff);
     }
 }

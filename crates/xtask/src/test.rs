@@ -86,13 +86,19 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     }
     // The instance's life on a running cluster (docs/testing.md): an
     // instance refresh of every server then every client, one more client,
-    // then a spot interruption of a client that runs the web service; each
-    // under load that must not fail.
-    let lifecycle: [&[&str]; 5] = [
+    // a spot interruption of a client that runs the web service, a client
+    // through the warm pool into service, then a power-off with no hook of
+    // another that runs the web service; each under load that must not
+    // fail. VM names: the group and a sequence number, gone ones counted
+    // (the roll makes client3 and client4, launch client5, warm client6).
+    let lifecycle: [&[&str]; 8] = [
         &["up"],
         &["roll", "--group", "all"],
         &["launch", "client"],
         &["terminate", "client3", "--spot"],
+        &["warm", "add", "client"],
+        &["warm", "start", "client6"],
+        &["terminate", "client4", "--poweroff"],
         &["down"],
     ];
     for args in lifecycle {

@@ -27,9 +27,14 @@ commands:
   cluster launch GROUP
                      one more instance of GROUP (server, client) through its
                      launching hook (JSON on stdout)
-  cluster terminate NODE [--spot]
-                     scale-in of NODE through its terminating hook, or a spot
-                     interruption notice (JSON on stdout)
+  cluster terminate NODE [--spot|--poweroff]
+                     scale-in of NODE through its terminating hook, a spot
+                     interruption notice, or a power-off from inside with no
+                     lifecycle state (JSON on stdout)
+  cluster warm add GROUP | warm start NODE
+                     one instance of GROUP into its warm pool (it must join
+                     nothing), or NODE put in service, timed to an eligible
+                     Nomad node (JSON on stdout)
   cluster soak [--minutes M] [--leaf-lifetime-secs S]
                      a fresh small cluster with S-second certificates under
                      load for M minutes (JSON on stdout), then down

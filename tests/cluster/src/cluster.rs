@@ -228,6 +228,17 @@ impl Cluster {
     /// Launches one more instance of `group`, with a new address and name
     /// (as an autoscaling group replaces an instance), and boots its VM.
     pub async fn launch(&mut self, group: &str, user_data: Option<&UserData>) -> Result<&Vm> {
+        self.launch_as(group, user_data, None).await
+    }
+
+    /// `launch`, with IMDS's target lifecycle state set before the VM
+    /// boots (`Warmed:Running`: into the group's warm pool).
+    pub async fn launch_as(
+        &mut self,
+        group: &str,
+        user_data: Option<&UserData>,
+        target_state: Option<&str>,
+    ) -> Result<&Vm> {
         let group = self.group(group)?.clone();
         let seq = self.vms.iter().filter(|v| v.group == group.name).count() + 1;
         let name = format!("{}{seq}", group.name);
@@ -255,6 +266,7 @@ impl Cluster {
             imds_bin: &self.paths.imds_bin,
             web_bin: &self.paths.web_bin,
             user_data: &user_data,
+            target_state,
         }
         .boot()
         .with_context(|| format!("booting VM {name}"))?;
@@ -275,7 +287,14 @@ impl Cluster {
         Ok(())
     }
 
-    fn vm_mut(&mut self, name: &str) -> Result<&mut Vm> {
+    pub fn vm(&self, name: &str) -> Result<&Vm> {
+        self.vms
+            .iter()
+            .find(|v| v.name == name && !v.gone)
+            .with_context(|| format!("no running VM {name}"))
+    }
+
+    pub fn vm_mut(&mut self, name: &str) -> Result<&mut Vm> {
         self.vms
             .iter_mut()
             .find(|v| v.name == name && !v.gone)

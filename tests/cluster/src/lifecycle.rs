@@ -122,7 +122,7 @@ pub struct HookReport {
     pub seconds: f64,
 }
 
-fn hook_report(instance: &str, outcome: Option<Outcome>, hook: &str) -> HookReport {
+pub fn hook_report(instance: &str, outcome: Option<Outcome>, hook: &str) -> HookReport {
     match outcome {
         Some(o) => HookReport {
             instance: instance.into(),
@@ -235,7 +235,7 @@ pub struct Report {
 }
 
 /// The web traffic of one step, added to the report's.
-fn add(report: &mut Report, f: traffic::Figures) {
+pub fn add_traffic(report: &mut Report, f: traffic::Figures) {
     report.requests += f.requests;
     report.failed_requests += f.failed_requests;
     report.first_failures.extend(f.first_failures);
@@ -276,24 +276,40 @@ async fn replace(
         report.failures.push(format!(
             "{new_name}: the launching hook was not completed by its agent"
         ));
-        add(report, traffic.finish().await);
+        add_traffic(report, traffic.finish().await);
         return Ok(());
     }
-    terminate_vm(cluster, fake, old, false, report).await?;
-    add(report, traffic.finish().await);
+    terminate_vm(cluster, fake, old, Ending::Hook, report).await?;
+    add_traffic(report, traffic.finish().await);
     report.replaced.push((old.to_owned(), new_name));
     Ok(())
 }
 
+/// How an instance is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The group's terminating hook (scale-in, an instance refresh).
+    Hook,
+    /// A spot interruption notice, two minutes ahead.
+    Spot,
+    /// A clean power-off from inside, with no lifecycle state: an instance
+    /// terminated or stopped directly (kraken-leave.service).
+    PowerOff,
+}
+
 /// The old instance's way out: the group's terminating hook (or a spot
-/// notice), then the VM goes when the hook ends (or the notice's time).
+/// notice, or a power-off), then the VM goes when the hook ends (or the
+/// notice's time).
 async fn terminate_vm(
     cluster: &mut Cluster,
     fake: &LifecycleFake,
     name: &str,
-    spot: bool,
+    how: Ending,
     report: &mut Report,
 ) -> Result<()> {
+    if how == Ending::PowerOff {
+        return power_off(cluster, name, report).await;
+    }
     let vm = cluster
         .vms
         .iter_mut()
@@ -302,7 +318,7 @@ async fn terminate_vm(
     let id = vm.instance_id.clone();
     let asg = asg_name(&vm.group);
     let started = Instant::now();
-    if spot {
+    if how == Ending::Spot {
         // Two minutes, as EC2 gives; the VM goes then, drained or not.
         let at = SystemTime::now() + Duration::from_secs(120);
         let action =
@@ -376,6 +392,75 @@ async fn terminate_vm(
     Ok(())
 }
 
+/// `systemctl poweroff` inside the VM; then the cluster must show it gone
+/// cleanly: Consul's member `left` (not `failed`) and, for a client, no
+/// Nomad node (drained and purged). Its own account goes with its /run:
+/// the journal keeps it.
+async fn power_off(cluster: &mut Cluster, name: &str, report: &mut Report) -> Result<()> {
+    let tokens = cluster.tokens().await?;
+    cluster.log(format!(
+        "{name}: powering off from inside (no lifecycle state)"
+    ));
+    let vm = cluster.vm_mut(name)?;
+    let id = vm.instance_id.clone();
+    let started = Instant::now();
+    // kraken-leave.service's stop timeout, and a little more.
+    let clean = vm.shut_down(Duration::from_secs(450)).await;
+    report.hooks.push(HookReport {
+        instance: name.into(),
+        hook: "power-off".into(),
+        result: if clean { "shut down" } else { "cut" }.into(),
+        by: "kraken-leave.service".into(),
+        heartbeats: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    if !clean {
+        report
+            .failures
+            .push(format!("{name}: did not shut down within 450 s"));
+    }
+    let member = consul_member_status(cluster, &tokens, &id).await;
+    if member != Some(3) {
+        report.failures.push(format!(
+            "{name}: Consul member status {member:?} after power-off; expected 3 (left)"
+        ));
+    }
+    if crate::warm::nomad_node(cluster, &tokens, &id)
+        .await
+        .is_some()
+    {
+        report.failures.push(format!(
+            "{name}: Nomad still lists node {id} after power-off (not purged)"
+        ));
+    }
+    report
+        .left
+        .push(serde_json::json!({ name: { "consul_member_status": member } }));
+    cluster.cloud.terminate(&id).await?;
+    cluster.save()
+}
+
+/// Serf's status of member `id` as a Consul server sees it (1 alive,
+/// 3 left, 4 failed).
+async fn consul_member_status(cluster: &Cluster, tokens: &Tokens, id: &str) -> Option<i64> {
+    for node in cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+    {
+        let url = consul_url(&node.vm.address, "/v1/agent/members");
+        if let Ok((200, m)) = cluster.api.get(&url, tokens.consul_header()).await {
+            return m
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["Name"] == id)
+                .and_then(|m| m["Status"].as_i64());
+        }
+    }
+    None
+}
+
 /// Until the VM's agent says it left (its status file).
 async fn wait_left(cluster: &Cluster, name: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -394,7 +479,7 @@ async fn wait_left(cluster: &Cluster, name: &str, timeout: Duration) -> bool {
     false
 }
 
-fn new_report(verb: String) -> Report {
+pub fn new_report(verb: String) -> Report {
     Report {
         verb,
         requests: 0,
@@ -412,7 +497,7 @@ fn new_report(verb: String) -> Report {
 
 /// Every check the verbs end with: no failed request, voters exactly the
 /// running servers, no failed member.
-async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) -> Result<()> {
+pub async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) -> Result<()> {
     let tokens = cluster.tokens().await?;
     report.voters_after = voters(cluster, &tokens).await;
     report.seconds = started.elapsed().as_secs_f64();
@@ -480,20 +565,24 @@ pub async fn roll(cluster: &mut Cluster, groups: &[&str]) -> Result<Report> {
     Ok(report)
 }
 
-/// `cluster terminate NODE [--spot]`: scale-in (no replacement) or a spot
-/// interruption.
-pub async fn terminate(cluster: &mut Cluster, name: &str, spot: bool) -> Result<Report> {
+/// `cluster terminate NODE [--spot|--poweroff]`: scale-in (no
+/// replacement), a spot interruption, or a power-off without a hook.
+pub async fn terminate(cluster: &mut Cluster, name: &str, how: Ending) -> Result<Report> {
     let started = Instant::now();
     let fake = autoscaling(cluster).await?;
     let mut report = new_report(format!(
         "terminate {name}{}",
-        if spot { " --spot" } else { "" }
+        match how {
+            Ending::Hook => "",
+            Ending::Spot => " --spot",
+            Ending::PowerOff => " --poweroff",
+        }
     ));
     let tokens = cluster.tokens().await?;
     report.voters_before = voters(cluster, &tokens).await;
     let traffic = Traffic::start(cluster, tokens, 2);
-    terminate_vm(cluster, &fake, name, spot, &mut report).await?;
-    add(&mut report, traffic.finish().await);
+    terminate_vm(cluster, &fake, name, how, &mut report).await?;
+    add_traffic(&mut report, traffic.finish().await);
     finish(cluster, &mut report, started).await?;
     fake.shutdown().await;
     Ok(report)
@@ -517,7 +606,7 @@ pub async fn launch(cluster: &mut Cluster, group: &str) -> Result<Report> {
         ));
     }
     report.hooks.push(hook_report(&name, outcome, LAUNCHING));
-    add(&mut report, traffic.finish().await);
+    add_traffic(&mut report, traffic.finish().await);
     finish(cluster, &mut report, started).await?;
     fake.shutdown().await;
     Ok(report)

@@ -27,6 +27,7 @@ mod topology;
 mod traffic;
 mod upgrade;
 mod vm;
+mod warm;
 mod web;
 
 use std::process::ExitCode;
@@ -47,6 +48,14 @@ struct Cli {
     no_tls: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum WarmAction {
+    /// Launch one instance of GROUP into its warm pool.
+    Add { group: String },
+    /// Put the warm instance NODE in service.
+    Start { node: String },
 }
 
 #[derive(Subcommand)]
@@ -108,11 +117,22 @@ enum Command {
         group: RollGroup,
     },
     /// Scale-in of NODE through its group's terminating hook, or with
-    /// --spot a spot interruption notice; no replacement.
+    /// --spot a spot interruption notice, or with --poweroff a clean
+    /// power-off with no lifecycle state (kraken-leave.service); no
+    /// replacement.
     Terminate {
         node: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "poweroff")]
         spot: bool,
+        #[arg(long)]
+        poweroff: bool,
+    },
+    /// The group's warm pool: `add GROUP` launches an instance into it
+    /// (Warmed:Running: it prepares and joins nothing); `start NODE` puts
+    /// it in service and times it to an eligible Nomad node.
+    Warm {
+        #[command(subcommand)]
+        action: WarmAction,
     },
     /// Launch one more instance of GROUP (server or client) into the
     /// running cluster, through its launching hook.
@@ -189,9 +209,28 @@ fn main() -> ExitCode {
                 Box::pin(lifecycle::roll(c, groups))
             }))
         }),
-        Command::Terminate { node, spot } => host::enter_hub().and_then(|()| {
+        Command::Terminate {
+            node,
+            spot,
+            poweroff,
+        } => host::enter_hub().and_then(|()| {
+            let how = match (spot, poweroff) {
+                (true, _) => lifecycle::Ending::Spot,
+                (_, true) => lifecycle::Ending::PowerOff,
+                _ => lifecycle::Ending::Hook,
+            };
             block_on(lifecycle_verb(cli.paths, move |c| {
-                Box::pin(async move { lifecycle::terminate(c, &node, spot).await })
+                Box::pin(async move { lifecycle::terminate(c, &node, how).await })
+            }))
+        }),
+        Command::Warm { action } => host::enter_hub().and_then(|()| {
+            block_on(lifecycle_verb(cli.paths, move |c| {
+                Box::pin(async move {
+                    match action {
+                        WarmAction::Add { group } => warm::add(c, &group).await,
+                        WarmAction::Start { node } => warm::start(c, &node).await,
+                    }
+                })
             }))
         }),
         Command::Launch { group } => host::enter_hub().and_then(|()| {

@@ -59,6 +59,8 @@ impl Traffic {
             .nodes()
             .iter()
             .filter(|n| !n.group.is_consul_server() && !n.group.is_nomad_server())
+            // A warm-pool client runs no Consul yet (`cluster warm`).
+            .filter(|n| n.vm.agent_status().is_none_or(|s| s.phase != "warm"))
             .map(|n| n.vm.address.clone())
             .collect();
         let api = cluster.api.clone();

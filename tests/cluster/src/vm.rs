@@ -69,6 +69,9 @@ pub struct Launch<'a> {
     pub imds_bin: &'a Path,
     pub web_bin: &'a Path,
     pub user_data: &'a UserData,
+    /// `autoscaling/target-lifecycle-state` from the first moment (a
+    /// warm-pool launch); none: the VM is in no lifecycle transition.
+    pub target_state: Option<&'a str>,
 }
 
 impl Launch<'_> {
@@ -101,6 +104,10 @@ impl Launch<'_> {
                 },
             }
         });
+        let mut imds = imds;
+        if let Some(state) = self.target_state {
+            imds["instance"]["target_lifecycle_state"] = state.into();
+        }
         fs::write(dir.join("imds.json"), serde_json::to_vec_pretty(&imds)?)?;
         let netns = host::vm_netns(&self.name);
         let imds_pid = spawn_imds(&self.name, &dir, self.imds_bin)?;
@@ -416,6 +423,25 @@ impl Vm {
         host::signal(self.nspawn_pid, Signal::SIGKILL);
         host::wait_gone(self.nspawn_pid, Duration::from_secs(10));
         self.release();
+    }
+
+    /// A clean shutdown from inside (`systemctl poweroff`, what EC2's
+    /// stop or terminate asks of the OS); false if it is not down within
+    /// `timeout`, when it is cut.
+    pub async fn shut_down(&mut self, timeout: Duration) -> bool {
+        let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+        let deadline = std::time::Instant::now() + timeout;
+        // Async: the web traffic runs on this runtime meanwhile.
+        while host::alive(self.nspawn_pid) && std::time::Instant::now() < deadline {
+            host::reap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if host::alive(self.nspawn_pid) {
+            self.power_off();
+            return false;
+        }
+        self.release();
+        true
     }
 
     /// After the VM is down: its IMDS, namespace and root mount go; its

@@ -7,6 +7,7 @@
 //! sysexits code after saying exactly what to fix.
 
 mod converge;
+mod prepare;
 mod servers;
 mod snapshots;
 mod state;
@@ -49,15 +50,27 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         distrust_published: false,
         snapshot_schedule: Default::default(),
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    // `kraken-agent leave` (a person, or kraken-leave.service at
+    // power-off) asks this process to leave: it owns the services.
+    let mut asked = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+    let manager = Systemctl::new(&agent.settings.start.systemctl);
     // From the first moment: a termination notice can come in the middle
     // of the boot, and then the boot stops where it is.
     let imds = ImdsIdentity::new(tuning::imds(&agent.settings), tuning::aws(&agent.settings));
     let poll = Duration::from_secs(agent.settings.lifecycle.poll_secs);
     let result = tokio::select! {
         r = converge_and_watch(&mut agent) => r,
-        departure = lifecycle::departure(&imds, poll) => {
+        departure = async {
+            tokio::select! {
+                d = lifecycle::departure(&imds, poll) => d,
+                _ = asked.recv() => match manager.shutdown().await {
+                    Some(kraken_start::Shutdown::PowerOff) => lifecycle::Departure::PowerOff,
+                    _ => lifecycle::Departure::Requested,
+                },
+            }
+        } => {
             agent.leave(&departure).await;
             // Stay (and keep the watchdog fed) until the instance goes:
             // exiting would let a restart of this unit join it again.
@@ -133,7 +146,7 @@ impl Agent {
         let report = lifecycle::leave::leave(&ctx, &self.manager, departure, &progress).await;
         self.record("left", &report);
         self.say(
-            "left",
+            crate::cmd::leave::LEFT,
             &format!("left the cluster: {}", departure.describe()),
         );
     }

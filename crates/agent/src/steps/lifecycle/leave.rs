@@ -8,7 +8,7 @@
 //! removed at once, and an instance refresh cannot outrun quorum. The
 //! terminating hook is completed last.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use kraken_aws::HookResult;
 use kraken_hashi::{AutopilotHealth, Token};
@@ -18,6 +18,7 @@ use kraken_secrets::{SecretStore, names};
 use kraken_start::{ServiceManager, Systemctl};
 use serde::Serialize;
 
+use super::drain::{self, Drained};
 use super::launch::is_me;
 use super::{Context, Departure};
 use crate::clients;
@@ -30,21 +31,15 @@ pub struct LeaveReport {
     pub drain: Option<Drained>,
     /// How long the server waited for the others to spare it.
     pub waited_for_spare_s: Option<f64>,
+    /// A server powering off that the others could not spare: why it went
+    /// down still a member (autopilot removes it once a replacement joins).
+    pub stayed_member: Option<String>,
     pub nomad_server_left: bool,
     pub consul_left: bool,
     /// The terminating hook's outcome.
     pub hook: Option<String>,
     pub errors: Vec<String>,
     pub seconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Drained {
-    pub node_id: String,
-    pub deadline_s: u64,
-    pub seconds: f64,
-    /// Every allocation moved before the deadline.
-    pub complete: bool,
 }
 
 /// The failure tolerance that would be left without `node`: healthy
@@ -57,21 +52,6 @@ pub fn tolerance_without(health: &AutopilotHealth, node: &str) -> i64 {
     let voters = staying.clone().count() as i64;
     let healthy = staying.filter(|s| s.healthy).count() as i64;
     healthy - (voters / 2 + 1)
-}
-
-/// The drain deadline: the configured one, cut short by a spot notice.
-pub fn drain_deadline(ctx: &Context, departure: &Departure) -> Duration {
-    let configured = Duration::from_secs(ctx.settings.lifecycle.drain_deadline_secs);
-    match departure {
-        Departure::Spot { at, .. } => {
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            let margin = Duration::from_secs(ctx.settings.lifecycle.spot_margin_secs);
-            configured
-                .min(left.saturating_sub(margin))
-                .max(Duration::from_secs(1))
-        }
-        _ => configured,
-    }
 }
 
 /// Takes the node out of the cluster; never fails as a whole: what could
@@ -134,16 +114,22 @@ async fn work(
         let unit = unit.to_owned();
         async move { manager.is_active(&unit).await.unwrap_or(false) }
     };
+    if !running(consul_unit).await && !running(nomad_unit).await {
+        // A warm-pool instance, or one terminated before it started
+        // anything: it joined nothing, so there is nothing to leave.
+        log::info!("lifecycle: neither Consul nor Nomad runs here: nothing to leave");
+        return;
+    }
     if ctx.spec.has(Role::NomadClient) && running(nomad_unit).await {
         status("leaving: draining the Nomad node");
-        match drain(ctx, manager, departure).await {
+        match drain::drain(ctx, manager, departure).await {
             Ok(d) => report.drain = Some(d),
             Err(e) => report.errors.push(format!("drain: {e}")),
         }
     }
     let servers = ctx.spec.has(Role::ConsulServer) || ctx.spec.has(Role::NomadServer);
     if servers {
-        if let Err(e) = leave_servers(ctx, manager, status, report).await {
+        if let Err(e) = leave_servers(ctx, manager, departure, status, report).await {
             report.errors.push(format!("leaving Raft: {e}"));
         }
     } else if running(consul_unit).await {
@@ -156,96 +142,6 @@ async fn work(
     for error in &report.errors {
         log::error!("lifecycle: {error}");
     }
-}
-
-async fn drain(
-    ctx: &Context,
-    manager: &Systemctl,
-    departure: &Departure,
-) -> Result<Drained, String> {
-    let token = ctx
-        .store
-        .get(names::NOMAD_DRAIN)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "{} is not in the secret store: the Nomad servers make it in their bootstrap's \
-                 Nomad phase (an older cluster: roll or restart one Nomad server's agent)",
-                names::NOMAD_DRAIN
-            )
-        })?;
-    let nomad = clients::nomad(&ctx.settings, Some(Token::new(token.expose())))
-        .map_err(|e| e.to_string())?;
-    let me = &ctx.identity.instance_id;
-    let deadline = drain_deadline(ctx, departure);
-    let started = Instant::now();
-    let why = format!("kraken-agent: {} ({})", departure.describe(), me);
-    // The local client forwards to a server; one that just left (an
-    // instance refresh replaces servers first) fails the call until the
-    // client's server list moves on: try again within the deadline.
-    let mut last = String::new();
-    let id = loop {
-        let attempt = async {
-            let id = nomad
-                .nodes()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|n| &n.name == me)
-                .map(|n| n.id)
-                .ok_or_else(|| format!("Nomad has no node named {me}"))?;
-            nomad
-                .drain(&id, deadline, &why)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<String, String>(id)
-        };
-        match attempt.await {
-            Ok(id) => break id,
-            Err(e) if started.elapsed() < deadline => {
-                if e != last {
-                    log::warn!("lifecycle: starting the drain: {e}; trying again");
-                    last = e;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    log::info!(
-        "lifecycle: draining node {id} with a {}s deadline",
-        deadline.as_secs()
-    );
-    // Nomad stops what is left at the deadline; allow it a little more.
-    let give_up = deadline + Duration::from_secs(30);
-    let mut complete = false;
-    while started.elapsed() < give_up {
-        match nomad.node_drain(&id).await {
-            Ok(n) if !n.draining() => {
-                complete = started.elapsed() < deadline;
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("lifecycle: reading the drain: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    // Nothing runs here any more: stop the client so it registers nothing
-    // again, then drop the node from the list.
-    if let Err(e) = manager.stop(unit_of(&ctx.settings, Service::Nomad)).await {
-        log::warn!("lifecycle: stopping Nomad: {e}");
-    }
-    if let Err(e) = nomad.purge_node(&id).await {
-        log::warn!("lifecycle: purging node {id}: {e}");
-    }
-    Ok(Drained {
-        node_id: id,
-        deadline_s: deadline.as_secs(),
-        seconds,
-        complete,
-    })
 }
 
 async fn consul_leave(
@@ -277,6 +173,7 @@ async fn consul_leave(
 async fn leave_servers(
     ctx: &Context,
     manager: &Systemctl,
+    departure: &Departure,
     status: &(dyn Fn(&str) + Sync),
     report: &mut LeaveReport,
 ) -> Result<(), String> {
@@ -302,6 +199,16 @@ async fn leave_servers(
     }
     if ctx.spec.has(Role::ConsulServer) {
         systems.push(System::Consul);
+    }
+    if *departure == Departure::PowerOff
+        && let Some(missing) = spare_now(&gate, &systems, &me).await
+    {
+        // Nothing holds a powering-off machine for a replacement to come;
+        // a server that goes down a member costs the same tolerance as
+        // one that left, and waiting would only hold up the power-off.
+        log::warn!("lifecycle: powering off still a member: {missing}");
+        report.stayed_member = Some(missing);
+        return Ok(());
     }
     let started = Instant::now();
     let lease = loop {

@@ -6,12 +6,16 @@
 //!
 //! - [`departure`]: watches IMDS for `Terminated` or a spot notice;
 //! - [`launch`]: completes the launching hook once the node serves;
+//! - [`warm`]: an instance in a warm pool prepares and waits, joining
+//!   nothing, until the group puts it in service;
 //! - [`leave`]: a client drains, a server leaves Raft when the others can
 //!   spare it; then the terminating hook is completed. `run` calls it on a
 //!   notice, `kraken-agent leave` (a person, or the shutdown unit) on demand.
 
+pub mod drain;
 pub mod launch;
 pub mod leave;
+pub mod warm;
 
 use std::time::{Duration, SystemTime};
 
@@ -30,8 +34,13 @@ pub enum Departure {
     Terminating,
     /// A spot interruption: EC2 takes the instance at `at`.
     Spot { action: String, at: SystemTime },
-    /// Asked for: `kraken-agent leave` (by a person or at shutdown).
+    /// Asked for: `kraken-agent leave` by a person.
     Requested,
+    /// The machine is powering off (`kraken-leave.service`) with no
+    /// lifecycle state to say why: a client leaves as on `Terminated`; a
+    /// server leaves only if the others can spare it right now, since no
+    /// hook holds the instance while a replacement comes.
+    PowerOff,
 }
 
 impl Departure {
@@ -46,6 +55,7 @@ impl Departure {
                 format!("spot interruption ({action} in {secs}s)")
             }
             Departure::Requested => "kraken-agent leave".into(),
+            Departure::PowerOff => "the machine is powering off".into(),
         }
     }
 }

@@ -1,0 +1,175 @@
+//! `cluster warm add GROUP` and `cluster warm start NODE`: the group's warm
+//! pool. `add` launches an instance whose IMDS says `Warmed:Running` from
+//! its first moment: its agent prepares, completes the launching hook and
+//! must join nothing. `start` puts it in service as the group would (a
+//! launching hook, then `InService`) and times the agent's answer: from the
+//! state change to the node eligible in Nomad. The web service is requested
+//! through Consul the whole time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kraken_testkit::asg::EndedBy;
+use serde_json::Value;
+
+use crate::api::{consul_url, nomad_url};
+use crate::cluster::Cluster;
+use crate::lifecycle::{self, LAUNCHING, Report};
+use crate::traffic::Traffic;
+
+const WARM: &str = "Warmed:Running";
+
+/// `cluster warm add GROUP`.
+pub async fn add(cluster: &mut Cluster, group: &str) -> Result<Report> {
+    let started = Instant::now();
+    let fake = lifecycle::autoscaling(cluster).await?;
+    let mut report = lifecycle::new_report(format!("warm add {group}"));
+    let tokens = cluster.tokens().await?;
+    report.voters_before = lifecycle::voters(cluster, &tokens).await;
+    let traffic = Traffic::start(cluster, tokens.clone(), 2);
+    let vm = cluster.launch_as(group, None, Some(WARM)).await?;
+    let (name, id) = (vm.name.clone(), vm.instance_id.clone());
+    // Into the pool, the launching hook runs as for any launch.
+    fake.begin(&lifecycle::asg_name(group), LAUNCHING, &id)
+        .await?;
+    cluster.log(format!("{name} launched into the warm pool ({WARM})"));
+    let outcome = fake.wait_outcome(&id, Duration::from_secs(600)).await;
+    if !outcome.as_ref().is_some_and(|o| o.by == EndedBy::Completed) {
+        report.failures.push(format!(
+            "{name}: the launching hook into the pool was not completed by its agent"
+        ));
+    }
+    report
+        .hooks
+        .push(lifecycle::hook_report(&name, outcome, LAUNCHING));
+    // A moment for anything that should not happen to happen.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let vm = cluster.vm(&name)?;
+    for unit in ["consul.service", "nomad.service"] {
+        let state = vm
+            .exec(&["systemctl", "is-active", unit])
+            .unwrap_or_else(|e| e.to_string());
+        if state.trim() == "active" {
+            report
+                .failures
+                .push(format!("{name}: {unit} runs in the warm pool"));
+        }
+    }
+    if known_to_cluster(cluster, &tokens, &id).await {
+        report.failures.push(format!(
+            "{name}: the cluster knows the warm instance {id} (Consul member or Nomad node)"
+        ));
+    }
+    match vm.agent_status() {
+        Some(s) => report.left.push(serde_json::json!({ name.clone(): {
+            "phase": s.phase, "warm": s.steps.get("warm") } })),
+        None => report.failures.push(format!("{name}: no agent status")),
+    }
+    lifecycle::add_traffic(&mut report, traffic.finish().await);
+    lifecycle::finish(cluster, &mut report, started).await?;
+    fake.shutdown().await;
+    Ok(report)
+}
+
+/// `cluster warm start NODE`.
+pub async fn start(cluster: &mut Cluster, name: &str) -> Result<Report> {
+    let started = Instant::now();
+    let fake = lifecycle::autoscaling(cluster).await?;
+    let mut report = lifecycle::new_report(format!("warm start {name}"));
+    let tokens = cluster.tokens().await?;
+    report.voters_before = lifecycle::voters(cluster, &tokens).await;
+    let traffic = Traffic::start(cluster, tokens.clone(), 2);
+    let vm = cluster.vm(name)?;
+    let (group, id) = (vm.group.clone(), vm.instance_id.clone());
+    fake.begin(&lifecycle::asg_name(&group), LAUNCHING, &id)
+        .await?;
+    let in_service = Instant::now();
+    cluster
+        .vm_mut(name)?
+        .set_imds("target_lifecycle_state", Value::from("InService"))?;
+    cluster.log(format!("{name}: put in service"));
+    let eligible = wait_eligible(cluster, &tokens, &id, Duration::from_secs(120)).await;
+    let to_eligible = in_service.elapsed().as_secs_f64();
+    match eligible {
+        true => cluster.log(format!(
+            "{name}: Nomad node eligible {to_eligible:.1}s after InService"
+        )),
+        false => report.failures.push(format!(
+            "{name}: its Nomad node is not eligible after 120 s"
+        )),
+    }
+    let outcome = fake.wait_outcome(&id, Duration::from_secs(600)).await;
+    if !outcome.as_ref().is_some_and(|o| o.by == EndedBy::Completed) {
+        report.failures.push(format!(
+            "{name}: the launching hook into service was not completed by its agent"
+        ));
+    }
+    report
+        .hooks
+        .push(lifecycle::hook_report(name, outcome, LAUNCHING));
+    report.left.push(serde_json::json!({ name: {
+        "in_service_to_eligible_s": eligible.then_some(to_eligible),
+        "warm": cluster.vm(name)?.agent_status().and_then(|s| s.steps.get("warm").cloned()),
+    } }));
+    lifecycle::add_traffic(&mut report, traffic.finish().await);
+    lifecycle::finish(cluster, &mut report, started).await?;
+    fake.shutdown().await;
+    Ok(report)
+}
+
+/// Whether a Consul server lists `id` as a member or Nomad as a node.
+async fn known_to_cluster(cluster: &Cluster, tokens: &crate::api::Tokens, id: &str) -> bool {
+    for node in cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+    {
+        let url = consul_url(&node.vm.address, "/v1/agent/members");
+        if let Ok((200, m)) = cluster.api.get(&url, tokens.consul_header()).await {
+            if m.as_array().into_iter().flatten().any(|m| m["Name"] == id) {
+                return true;
+            }
+            break;
+        }
+    }
+    nomad_node(cluster, tokens, id).await.is_some()
+}
+
+/// The node named `id` in Nomad's node list.
+pub(crate) async fn nomad_node(
+    cluster: &Cluster,
+    tokens: &crate::api::Tokens,
+    id: &str,
+) -> Option<Value> {
+    for node in cluster.nodes().iter().filter(|n| n.group.is_nomad_server()) {
+        let url = nomad_url(&node.vm.address, "/v1/nodes");
+        if let Ok((200, nodes)) = cluster.api.get(&url, tokens.nomad_header()).await {
+            return nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["Name"] == id)
+                .cloned();
+        }
+    }
+    None
+}
+
+async fn wait_eligible(
+    cluster: &Cluster,
+    tokens: &crate::api::Tokens,
+    id: &str,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(n) = nomad_node(cluster, tokens, id).await
+            && n["Status"] == "ready"
+            && n["SchedulingEligibility"] == "eligible"
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
