@@ -87,12 +87,16 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // The instance's life on a running cluster (docs/testing.md): an
     // instance refresh of every server then every client, one more client,
     // then a spot interruption of a client that runs the web service; each
-    // under load that must not fail.
-    let lifecycle: [&[&str]; 5] = [
+    // under load that must not fail. Then the disasters: every server lost
+    // at once (the clients' tokens must work with the new ones), and the
+    // whole cluster lost and booted anew from a snapshot.
+    let lifecycle: [&[&str]; 7] = [
         &["up"],
         &["roll", "--group", "all"],
         &["launch", "client"],
         &["terminate", "client3", "--spot"],
+        &["lose-servers"],
+        &["restore"],
         &["down"],
     ];
     for args in lifecycle {
@@ -101,6 +105,12 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
             cluster::run_with(&deps, &target, &args)
         })?;
         if code != ExitCode::SUCCESS {
+            // The cluster the steps share goes (its VMs' journals with it:
+            // the failing verb printed what it saw).
+            if args[0] != "down" {
+                let down = ["down".to_owned()];
+                let _ = step("cluster down", || cluster::run_with(&deps, &target, &down));
+            }
             return Ok(code);
         }
     }

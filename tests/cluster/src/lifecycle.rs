@@ -122,7 +122,7 @@ pub struct HookReport {
     pub seconds: f64,
 }
 
-fn hook_report(instance: &str, outcome: Option<Outcome>, hook: &str) -> HookReport {
+pub fn hook_report(instance: &str, outcome: Option<Outcome>, hook: &str) -> HookReport {
     match outcome {
         Some(o) => HookReport {
             instance: instance.into(),
@@ -416,6 +416,22 @@ async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) -> Res
     let tokens = cluster.tokens().await?;
     report.voters_after = voters(cluster, &tokens).await;
     report.seconds = started.elapsed().as_secs_f64();
+    report
+        .failures
+        .extend(voter_failures(cluster, &report.voters_after));
+    if report.failed_requests > 0 {
+        report
+            .failures
+            .push(format!("{} web requests failed", report.failed_requests));
+    }
+    Ok(())
+}
+
+/// What is wrong with `voters`: they must be exactly the running servers
+/// (Consul names them by instance id, Nomad by `<id>.global`), and no
+/// gossip member may be left failed.
+pub fn voter_failures(cluster: &Cluster, voters: &Voters) -> Vec<String> {
+    let mut failures = Vec::new();
     let running = |pick: fn(&crate::topology::Group) -> bool, suffix: &str| {
         let mut ids: Vec<String> = cluster
             .nodes()
@@ -426,27 +442,16 @@ async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) -> Res
         ids.sort();
         ids
     };
-    if report.voters_after.consul != running(crate::topology::Group::is_consul_server, "") {
-        report
-            .failures
-            .push("Consul's voters are not the running servers".into());
+    if voters.consul != running(crate::topology::Group::is_consul_server, "") {
+        failures.push("Consul's voters are not the running servers".into());
     }
-    if report.voters_after.nomad != running(crate::topology::Group::is_nomad_server, ".global") {
-        report
-            .failures
-            .push("Nomad's voters are not the running servers".into());
+    if voters.nomad != running(crate::topology::Group::is_nomad_server, ".global") {
+        failures.push("Nomad's voters are not the running servers".into());
     }
-    if !report.voters_after.consul_failed_members.is_empty()
-        || !report.voters_after.nomad_failed_members.is_empty()
-    {
-        report.failures.push("failed members are left".into());
+    if !voters.consul_failed_members.is_empty() || !voters.nomad_failed_members.is_empty() {
+        failures.push("failed members are left".into());
     }
-    if report.failed_requests > 0 {
-        report
-            .failures
-            .push(format!("{} web requests failed", report.failed_requests));
-    }
-    Ok(())
+    failures
 }
 
 /// `cluster roll --group server|client|all`.
