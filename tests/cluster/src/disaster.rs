@@ -246,7 +246,12 @@ async fn web_again(cluster: &Cluster) -> Result<bool> {
         cluster.deploy_web().await?;
     }
     let answers = cluster.wait_web(Duration::from_secs(300)).await?;
-    crate::scenario::print_answers(&answers);
+    for a in &answers {
+        cluster.log(format!(
+            "GET http://{}/ ({}) -> {}",
+            a.address, a.node, a.body
+        ));
+    }
     Ok(again)
 }
 

@@ -188,7 +188,12 @@ pub async fn restore(cluster: &mut Cluster) -> Result<RestoreReport> {
         match cluster.wait_web(WEB_TIMEOUT).await {
             Ok(answers) => {
                 report.seconds_to_web = Some(since(launched_at));
-                crate::scenario::print_answers(&answers);
+                for a in &answers {
+                    cluster.log(format!(
+                        "GET http://{}/ ({}) -> {}",
+                        a.address, a.node, a.body
+                    ));
+                }
             }
             Err(e) => report.failures.push(format!("{e:#}")),
         }
