@@ -91,7 +91,10 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // another that runs the web service; each under load that must not
     // fail. VM names: the group and a sequence number, gone ones counted
     // (the roll makes client3 and client4, launch client5, warm client6).
-    let lifecycle: [&[&str]; 8] = [
+    // Then the whole cluster lost and booted anew from a snapshot.
+    // (`lose-servers` is not here yet: the surviving Nomad clients do not
+    // register with new servers, docs/operations.md.)
+    let lifecycle: [&[&str]; 9] = [
         &["up"],
         &["roll", "--group", "all"],
         &["launch", "client"],
@@ -99,6 +102,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
         &["warm", "add", "client"],
         &["warm", "start", "client6"],
         &["terminate", "client4", "--poweroff"],
+        &["restore"],
         &["down"],
     ];
     for args in lifecycle {
@@ -107,6 +111,12 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
             cluster::run_with(&deps, &target, &args)
         })?;
         if code != ExitCode::SUCCESS {
+            // The cluster the steps share goes (its VMs' journals with it:
+            // the failing verb printed what it saw).
+            if args[0] != "down" {
+                let down = ["down".to_owned()];
+                let _ = step("cluster down", || cluster::run_with(&deps, &target, &down));
+            }
             return Ok(code);
         }
     }

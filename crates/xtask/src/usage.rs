@@ -9,10 +9,11 @@ commands:
   test [ARGS...]     deps, then cargo fmt --check, clippy -D warnings,
                      cargo test --workspace [ARGS...] with the peers' env set,
                      `cluster test`, a 4-minute `cluster soak`, a short bench and
-                     the lifecycle verbs on a fresh cluster
+                     the lifecycle and disaster verbs on a fresh cluster
   cluster up [--topology small|seed]
-                     build the local image and boot the cluster in nspawn VMs,
-                     deploy the web job and print its answers; leaves it running
+                     build the local image and boot the cluster in nspawn VMs
+                     (snapshots to a bucket in moto's S3 configured), deploy the
+                     web job and print its answers; leaves it running
   cluster status     check the running cluster
   cluster down       stop it and remove everything it made
   cluster test       the fault scenario on a fresh small cluster, then down
@@ -35,6 +36,15 @@ commands:
                      one instance of GROUP into its warm pool (it must join
                      nothing), or NODE put in service, timed to an eligible
                      Nomad node (JSON on stdout)
+  cluster lose-servers
+                     on the running cluster: every server destroyed at once with
+                     its data and replaced at once; the cluster must recover
+                     and every client's tokens work (JSON on stdout)
+  cluster restore    on the running cluster: a snapshot saved, every VM
+                     destroyed (moto's store and bucket stay), a new cluster
+                     booted that restores it at its bootstrap; KV, ACL tokens,
+                     Nomad's ACLs and the web job must be back (JSON on stdout);
+                     leaves the new cluster running
   cluster soak [--minutes M] [--leaf-lifetime-secs S]
                      a fresh small cluster with S-second certificates under
                      load for M minutes (JSON on stdout), then down

@@ -236,7 +236,7 @@ async fn nomad_acl(api: &Api, servers: &[&Node<'_>]) -> Result<String> {
 }
 
 /// The quoted value of `key = "..."` lines in an HCL file.
-fn hcl_values<'t>(text: &'t str, key: &str) -> Vec<&'t str> {
+pub fn hcl_values<'t>(text: &'t str, key: &str) -> Vec<&'t str> {
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once('=')?;

@@ -26,6 +26,9 @@ pub struct Cloud {
     ssm: aws_sdk_ssm::Client,
     /// The autoscaling groups and hooks `cluster roll` plays.
     pub asg: aws_sdk_autoscaling::Client,
+    /// The snapshots' bucket (`crate::restore`): addressed by path, since
+    /// moto's endpoint is an address.
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl Cloud {
@@ -48,6 +51,11 @@ impl Cloud {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
             asg: aws_sdk_autoscaling::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk)
+                    .force_path_style(true)
+                    .build(),
+            ),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {

@@ -56,6 +56,9 @@ struct State {
     moto_pid: u32,
     next_address: u8,
     vms: Vec<Vm>,
+    /// `[snapshots]` in every VM's agent.toml (`up` turns it on).
+    #[serde(default)]
+    snapshots: bool,
 }
 
 pub struct Cluster {
@@ -67,6 +70,8 @@ pub struct Cluster {
     moto_pid: u32,
     next_address: u8,
     pub vms: Vec<Vm>,
+    /// Whether [`Cluster::user_data`] has `[snapshots]` (`crate::restore`).
+    pub snapshots: bool,
     /// What every VM gets unless a launch says otherwise.
     pub user_data: UserData,
     pub api: Arc<Api>,
@@ -157,6 +162,7 @@ impl Cluster {
             moto_pid,
             next_address: 10,
             vms: Vec::new(),
+            snapshots: false,
             api: Arc::new(Api::new()),
             started,
         };
@@ -172,8 +178,13 @@ impl Cluster {
         let topology = <Topology as clap::ValueEnum>::from_str(&state.topology, false)
             .map_err(|e| anyhow::anyhow!("state file: topology {:?}: {e}", state.topology))?;
         let endpoint = format!("http://{}:{MOTO_PORT}", host::HUB_IP);
+        let mut user_data = default_user_data(&endpoint);
+        if state.snapshots {
+            user_data.agent_toml += &crate::restore::snapshots_toml(false);
+        }
         Ok(Cluster {
-            user_data: default_user_data(&endpoint),
+            user_data,
+            snapshots: state.snapshots,
             cloud: Cloud::connect(&endpoint).await?,
             groups: topology.groups(),
             paths,
@@ -194,6 +205,7 @@ impl Cluster {
             moto_pid: self.moto_pid,
             next_address: self.next_address,
             vms: self.vms.clone(),
+            snapshots: self.snapshots,
         };
         fs::write(self.paths.state_file(), serde_json::to_vec_pretty(&state)?)?;
         Ok(())

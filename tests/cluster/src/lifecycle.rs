@@ -442,7 +442,7 @@ async fn power_off(cluster: &mut Cluster, name: &str, report: &mut Report) -> Re
 
 /// Serf's status of member `id` as a Consul server sees it (1 alive,
 /// 3 left, 4 failed).
-async fn consul_member_status(cluster: &Cluster, tokens: &Tokens, id: &str) -> Option<i64> {
+pub async fn consul_member_status(cluster: &Cluster, tokens: &Tokens, id: &str) -> Option<i64> {
     for node in cluster
         .nodes()
         .iter()
@@ -501,6 +501,22 @@ pub async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) ->
     let tokens = cluster.tokens().await?;
     report.voters_after = voters(cluster, &tokens).await;
     report.seconds = started.elapsed().as_secs_f64();
+    report
+        .failures
+        .extend(voter_failures(cluster, &report.voters_after));
+    if report.failed_requests > 0 {
+        report
+            .failures
+            .push(format!("{} web requests failed", report.failed_requests));
+    }
+    Ok(())
+}
+
+/// What is wrong with `voters`: they must be exactly the running servers
+/// (Consul names them by instance id, Nomad by `<id>.global`), and no
+/// gossip member may be left failed.
+pub fn voter_failures(cluster: &Cluster, voters: &Voters) -> Vec<String> {
+    let mut failures = Vec::new();
     let running = |pick: fn(&crate::topology::Group) -> bool, suffix: &str| {
         let mut ids: Vec<String> = cluster
             .nodes()
@@ -511,27 +527,16 @@ pub async fn finish(cluster: &Cluster, report: &mut Report, started: Instant) ->
         ids.sort();
         ids
     };
-    if report.voters_after.consul != running(crate::topology::Group::is_consul_server, "") {
-        report
-            .failures
-            .push("Consul's voters are not the running servers".into());
+    if voters.consul != running(crate::topology::Group::is_consul_server, "") {
+        failures.push("Consul's voters are not the running servers".into());
     }
-    if report.voters_after.nomad != running(crate::topology::Group::is_nomad_server, ".global") {
-        report
-            .failures
-            .push("Nomad's voters are not the running servers".into());
+    if voters.nomad != running(crate::topology::Group::is_nomad_server, ".global") {
+        failures.push("Nomad's voters are not the running servers".into());
     }
-    if !report.voters_after.consul_failed_members.is_empty()
-        || !report.voters_after.nomad_failed_members.is_empty()
-    {
-        report.failures.push("failed members are left".into());
+    if !voters.consul_failed_members.is_empty() || !voters.nomad_failed_members.is_empty() {
+        failures.push("failed members are left".into());
     }
-    if report.failed_requests > 0 {
-        report
-            .failures
-            .push(format!("{} web requests failed", report.failed_requests));
-    }
-    Ok(())
+    failures
 }
 
 /// `cluster roll --group server|client|all`.

@@ -13,6 +13,7 @@ mod certs;
 mod checks;
 mod cloud;
 mod cluster;
+mod disaster;
 mod doctor;
 mod ec2proxy;
 mod faults;
@@ -21,6 +22,7 @@ mod journals;
 mod lifecycle;
 mod monitor;
 mod policy;
+mod restore;
 mod scenario;
 mod soak;
 mod topology;
@@ -137,6 +139,14 @@ enum Command {
     /// Launch one more instance of GROUP (server or client) into the
     /// running cluster, through its launching hook.
     Launch { group: String },
+    /// Every server of the running cluster destroyed at once with its
+    /// data, and as many new ones launched at once: the cluster must
+    /// recover and every client's tokens work.
+    LoseServers,
+    /// A snapshot taken on the running cluster, every VM destroyed, and a
+    /// new cluster booted that restores it at its bootstrap; leaves the
+    /// new cluster running.
+    Restore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -238,6 +248,24 @@ fn main() -> ExitCode {
                 Box::pin(async move { lifecycle::launch(c, &group).await })
             }))
         }),
+        Command::LoseServers => host::enter_hub().and_then(|()| {
+            block_on(json_verb(cli.paths, |c| {
+                Box::pin(async move {
+                    let r = disaster::lose_servers(c).await?;
+                    let failures = r.failures.clone();
+                    Ok((serde_json::to_value(r)?, failures))
+                })
+            }))
+        }),
+        Command::Restore => host::enter_hub().and_then(|()| {
+            block_on(json_verb(cli.paths, |c| {
+                Box::pin(async move {
+                    let r = restore::restore(c).await?;
+                    let failures = r.failures.clone();
+                    Ok((serde_json::to_value(r)?, failures))
+                })
+            }))
+        }),
         Command::Test => {
             let paths = cli.paths.clone();
             let outcome = start(&paths).and_then(|()| block_on(test(paths.clone())));
@@ -311,6 +339,9 @@ async fn exec(paths: Paths, node: String, command: Vec<String>) -> Result<ExitCo
 
 async fn up(paths: Paths, topology: Topology) -> Result<bool> {
     let mut cluster = Cluster::create(paths, topology).await?;
+    // As a production cluster would be: snapshots to S3 (moto's), which
+    // `restore` needs.
+    cluster.enable_snapshots().await?;
     let answers = scenario::up(&mut cluster).await?;
     scenario::print_answers(&answers);
     cluster.log(format!(
@@ -367,6 +398,30 @@ where
         );
     }
     Ok(report.failures.is_empty())
+}
+
+/// A verb's report (JSON on stdout) and its failures.
+type Verdict = (serde_json::Value, Vec<String>);
+
+/// Runs a verb on the running cluster; its JSON on stdout, its failures
+/// on stderr.
+async fn json_verb<F>(paths: Paths, verb: F) -> Result<bool>
+where
+    F: for<'a> FnOnce(
+        &'a mut Cluster,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Verdict>> + 'a>>,
+{
+    let mut cluster = Cluster::load(paths).await?;
+    let (report, failures) = verb(&mut cluster).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !failures.is_empty() {
+        eprintln!(
+            "cluster: {}: FAILED: {}",
+            report["verb"].as_str().unwrap_or("?"),
+            failures.join("; ")
+        );
+    }
+    Ok(failures.is_empty())
 }
 
 async fn test(paths: Paths) -> Result<bool> {

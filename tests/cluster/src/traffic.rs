@@ -3,7 +3,7 @@
 //! `GET /`, every request counted and every failure kept.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -30,13 +30,29 @@ pub struct Figures {
     /// Lookups listing fewer passing instances than the job runs.
     pub lookups_short: u64,
     pub first_failures: Vec<String>,
+    /// Seconds from a failed request to the next one that answered,
+    /// summed, and the longest such stretch: how long users saw the
+    /// service down (a stretch still failing at the end counts up to then).
+    pub outage_secs: f64,
+    pub longest_outage_secs: f64,
+    #[serde(skip)]
+    failing_since: Option<Instant>,
 }
 
 impl Figures {
     fn fail(&mut self, what: String) {
         self.failed_requests += 1;
+        self.failing_since.get_or_insert_with(Instant::now);
         if self.first_failures.len() < KEPT {
             self.first_failures.push(what);
+        }
+    }
+
+    fn end_outage(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            let secs = since.elapsed().as_secs_f64();
+            self.outage_secs += secs;
+            self.longest_outage_secs = self.longest_outage_secs.max(secs);
         }
     }
 }
@@ -74,7 +90,7 @@ impl Traffic {
             figures,
             stop,
             task,
-            started: std::time::Instant::now(),
+            started: Instant::now(),
         }
     }
 
@@ -99,7 +115,9 @@ impl Traffic {
     pub async fn finish(mut self) -> Figures {
         self.stop.stop();
         let _ = (&mut self.task).await;
-        self.figures()
+        let mut figures = self.figures();
+        figures.end_outage();
+        figures
     }
 }
 
@@ -153,8 +171,9 @@ async fn run(
                     let answer = web::ask(api, address).await;
                     update(&|f| {
                         f.requests += 1;
-                        if let Err(e) = &answer {
-                            f.fail(format!("GET http://{address}/: {e:#}"));
+                        match &answer {
+                            Ok(_) => f.end_outage(),
+                            Err(e) => f.fail(format!("GET http://{address}/: {e:#}")),
                         }
                     });
                 }

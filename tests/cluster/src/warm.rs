@@ -12,7 +12,7 @@ use anyhow::Result;
 use kraken_testkit::asg::EndedBy;
 use serde_json::Value;
 
-use crate::api::{consul_url, nomad_url};
+use crate::api::nomad_url;
 use crate::cluster::Cluster;
 use crate::lifecycle::{self, LAUNCHING, Report};
 use crate::traffic::Traffic;
@@ -119,20 +119,10 @@ pub async fn start(cluster: &mut Cluster, name: &str) -> Result<Report> {
 
 /// Whether a Consul server lists `id` as a member or Nomad as a node.
 async fn known_to_cluster(cluster: &Cluster, tokens: &crate::api::Tokens, id: &str) -> bool {
-    for node in cluster
-        .nodes()
-        .iter()
-        .filter(|n| n.group.is_consul_server())
-    {
-        let url = consul_url(&node.vm.address, "/v1/agent/members");
-        if let Ok((200, m)) = cluster.api.get(&url, tokens.consul_header()).await {
-            if m.as_array().into_iter().flatten().any(|m| m["Name"] == id) {
-                return true;
-            }
-            break;
-        }
-    }
-    nomad_node(cluster, tokens, id).await.is_some()
+    lifecycle::consul_member_status(cluster, tokens, id)
+        .await
+        .is_some()
+        || nomad_node(cluster, tokens, id).await.is_some()
 }
 
 /// The node named `id` in Nomad's node list.

@@ -259,7 +259,13 @@ impl Agent {
         let Ok(consul) = self.own_consul(node) else {
             return;
         };
-        if let Ok(None) = consul.leader().await {
+        // A client's agent that lost every server answers 500 "No known
+        // Consul servers", not an empty leader: all of them were replaced.
+        let no_leader = match consul.leader().await {
+            Ok(leader) => leader.is_none(),
+            Err(e) => e.status() == Some(500),
+        };
+        if no_leader {
             for ip in &node.peers.consul_servers {
                 match consul.join(&ip.to_string()).await {
                     Ok(()) => log::info!("Consul had no leader; joined {ip}"),
