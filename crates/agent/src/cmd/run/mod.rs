@@ -8,6 +8,7 @@
 
 mod converge;
 mod prepare;
+mod reregister;
 mod servers;
 mod snapshots;
 mod state;
@@ -49,6 +50,7 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         status,
         distrust_published: false,
         snapshot_schedule: Default::default(),
+        drain_token: None,
     };
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

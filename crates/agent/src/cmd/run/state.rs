@@ -37,6 +37,9 @@ pub(super) struct Agent {
     pub distrust_published: bool,
     /// Scheduled snapshots, on servers (`[snapshots]`).
     pub snapshot_schedule: super::snapshots::Schedule,
+    /// On clients: the token the re-registration check reads Nomad's node
+    /// list with (`super::reregister`), read from the store once.
+    pub drain_token: Option<kraken_secrets::Secret>,
 }
 
 /// What one convergence produced, for the watch loop.

@@ -115,6 +115,7 @@ impl Agent {
             if !auto_join {
                 self.rejoin(&node).await;
             }
+            self.reregister(&node).await;
             self.snapshots(&node).await;
         }
     }

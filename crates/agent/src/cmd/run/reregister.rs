@@ -1,0 +1,86 @@
+//! A Nomad client whose servers were all replaced at once (with their
+//! data) keeps heartbeating with a node secret the new servers never saw.
+//! They answer "Permission denied", and Nomad re-registers only on "node
+//! not found", so the node would stay unknown, its capacity lost, until a
+//! person restarted Nomad. The agent does that restart itself: once
+//! Nomad's servers have a leader and do not list this node, twice, a short
+//! while apart. Clients only: it never touches a server, so no quorum.
+
+use std::time::Duration;
+
+use kraken_hashi::Token;
+use kraken_intent::Role;
+use kraken_render::Service;
+use kraken_secrets::{SecretStore, names};
+use kraken_start::ServiceManager;
+
+use super::state::{Agent, Converged};
+use crate::clients;
+use crate::steps::start::unit_of;
+
+/// Between the two looks: a node that is registering right now (Nomad
+/// just started) is listed by then.
+const CONFIRM: Duration = Duration::from_secs(10);
+
+impl Agent {
+    pub(super) async fn reregister(&mut self, node: &Converged) {
+        if !node.spec.has(Role::NomadClient) {
+            return;
+        }
+        // Read once and kept: a converged client makes no routine SSM call.
+        if self.drain_token.is_none() {
+            self.drain_token = node.store.get(names::NOMAD_DRAIN).await.ok().flatten();
+        }
+        let Some(token) = &self.drain_token else {
+            return;
+        };
+        let Ok(nomad) = clients::nomad(&self.settings, Some(Token::new(token.expose()))) else {
+            return;
+        };
+        let me = &node.identity.instance_id;
+        for look in 0..2 {
+            if look > 0 {
+                tokio::time::sleep(CONFIRM).await;
+            }
+            match listed(&nomad, me).await {
+                Ok(Some(false)) => {}
+                Ok(_) => return,
+                Err(denied) => {
+                    if denied {
+                        // Rotated, or lost with the servers' data: read it
+                        // again next round.
+                        self.drain_token = None;
+                    }
+                    return;
+                }
+            }
+        }
+        let unit = unit_of(&self.settings, Service::Nomad);
+        log::warn!(
+            "Nomad's servers have a leader but do not know this node ({me}): they were replaced \
+             with their data; restarting {unit} so that it registers again"
+        );
+        match self.manager.restart(unit).await {
+            Ok(()) => self.record(
+                "reregistered",
+                serde_json::json!({ "unix": kraken_ready::now_unix() }),
+            ),
+            Err(e) => log::warn!("restarting {unit}: {e}"),
+        }
+    }
+}
+
+/// Whether the servers list node `me`; `None` while Nomad has no leader.
+/// Err(true): the token was refused.
+async fn listed(nomad: &kraken_hashi::Nomad, me: &str) -> Result<Option<bool>, bool> {
+    if !matches!(nomad.leader().await, Ok(Some(_))) {
+        return Ok(None);
+    }
+    match nomad.nodes().await {
+        Ok(nodes) => Ok(Some(nodes.iter().any(|n| n.name == me))),
+        Err(e) => {
+            log::debug!("re-registration check: Nomad nodes: {e}");
+            Err(matches!(e.status(), Some(401 | 403)))
+        }
+    }
+}
