@@ -91,10 +91,9 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // another that runs the web service; each under load that must not
     // fail. VM names: the group and a sequence number, gone ones counted
     // (the roll makes client3 and client4, launch client5, warm client6).
-    // Then the whole cluster lost and booted anew from a snapshot.
-    // (`lose-servers` is not here yet: the surviving Nomad clients do not
-    // register with new servers, docs/operations.md.)
-    let lifecycle: [&[&str]; 9] = [
+    // Then every server lost at once and replaced (the clients survive),
+    // and the whole cluster lost and booted anew from a snapshot.
+    let lifecycle: [&[&str]; 10] = [
         &["up"],
         &["roll", "--group", "all"],
         &["launch", "client"],
@@ -102,6 +101,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
         &["warm", "add", "client"],
         &["warm", "start", "client6"],
         &["terminate", "client4", "--poweroff"],
+        &["lose-servers"],
         &["restore"],
         &["down"],
     ];
