@@ -196,8 +196,9 @@ async fn certificates_renew_for_three_lifetimes_and_reach_every_port_and_nomads_
     );
 
     // The processes never restarted: every renewal was a reload.
-    assert_eq!(pid(&node, "consul.service"), consul_pid);
-    assert_eq!(pid(&node, "nomad.service"), nomad_pid);
+    let why = || format!("{}\n{}", read(&node, "calls.log"), node.log());
+    assert_eq!(pid(&node, "consul.service"), consul_pid, "{}", why());
+    assert_eq!(pid(&node, "nomad.service"), nomad_pid, "{}", why());
     let calls = read(&node, "calls.log")[calls_at_ready..].to_owned();
     assert!(
         calls.matches("reload consul.service").count() >= 4,

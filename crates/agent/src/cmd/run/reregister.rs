@@ -24,7 +24,9 @@ const CONFIRM: Duration = Duration::from_secs(10);
 
 impl Agent {
     pub(super) async fn reregister(&mut self, node: &Converged) {
-        if !node.spec.has(Role::NomadClient) {
+        // A node that is itself a Nomad server is not a survivor of its
+        // servers' loss: only client-only nodes check.
+        if !node.spec.has(Role::NomadClient) || node.spec.has(Role::NomadServer) {
             return;
         }
         // Read once and kept: a converged client makes no routine SSM call.
@@ -43,7 +45,10 @@ impl Agent {
                 tokio::time::sleep(CONFIRM).await;
             }
             match listed(&nomad, me).await {
-                Ok(Some(false)) => {}
+                Ok(Some(false)) => log::info!(
+                    "Nomad's servers have a leader and do not list this node ({me}); look {}",
+                    look + 1
+                ),
                 Ok(_) => return,
                 Err(denied) => {
                     if denied {
