@@ -212,23 +212,18 @@ impl Agent {
             None => None,
         };
         let prepared_s = started.elapsed().as_secs_f64();
-        self.record(
-            "warm",
-            json!({ "state": state, "prepared_s": prepared_s, "pulled": pulled, "hook": hook }),
-        );
+        let mut record =
+            json!({ "state": state, "prepared_s": prepared_s, "pulled": pulled, "hook": hook });
+        self.record("warm", &record);
         self.say(
             "warm",
             &format!("{state}: prepared in {prepared_s:.1}s; waiting to be put in service"),
         );
         let to = warm::until_in_service(&prepared.provider).await;
         log::info!("lifecycle: left the warm pool ({to}): joining the cluster");
-        self.record(
-            "warm",
-            json!({
-                "state": state, "prepared_s": prepared_s, "pulled": pulled, "hook": hook,
-                "left_pool_unix": kraken_ready::now_unix(), "to": to,
-            }),
-        );
+        record["left_pool_unix"] = json!(kraken_ready::now_unix());
+        record["to"] = json!(to);
+        self.record("warm", &record);
         Ok(())
     }
 }
