@@ -273,3 +273,77 @@ async fn a_missing_bucket_is_named_in_the_error() {
         text(&out)
     );
 }
+
+/// After a restore, the snapshot's nodes whose instances EC2 no longer runs
+/// are purged (their allocations rescheduled now, not after the five-minute
+/// failover heartbeat TTL); a node whose instance runs is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_gone_instances_are_purged_after_a_restore() {
+    use kraken_testkit::{NomadClient, NomadServer};
+    let moto = Moto::start().await;
+    let ec2 = common::ec2(&moto.endpoint()).await;
+    let tagged = |cluster: &str| -> std::collections::BTreeMap<String, String> {
+        [("kraken:cluster".to_owned(), cluster.to_owned())].into()
+    };
+    let (gone_id, _) = common::launch(&ec2, &tagged(CLUSTER), None).await;
+    let (live_id, _) = common::launch(&ec2, &tagged(CLUSTER), None).await;
+    let (other_id, _) = common::launch(&ec2, &tagged("other"), None).await;
+    let calls = kraken_aws::ApiCalls::default();
+    let sdk = sdk_for(&moto.endpoint(), TEST_KEY).await;
+    let peers =
+        kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(&sdk, &calls), calls.clone());
+    // Another cluster's running instance is not this cluster's.
+    let seen = peers
+        .live(CLUSTER, &[live_id.clone(), other_id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(seen, [live_id.clone()].into());
+
+    let server = NomadServer::start().await;
+    let gone = NomadClient::start(&[server.rpc_addr()]).await;
+    let live = NomadClient::start(&[server.rpc_addr()]).await;
+    let http = reqwest::Client::new();
+    let nomad = kraken_hashi::Nomad::new(&server.http_url(), None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (client, instance) in [(&gone, &gone_id), (&live, &live_id)] {
+        let url = format!("{}/v1/client/metadata", client.http_url());
+        let body = serde_json::json!({ "Meta": { "kraken.instance_id": instance } });
+        let r = http.post(url).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        // Dynamic meta reaches the servers in batches (up to 10 s).
+        while nomad
+            .node_meta(client.node_id())
+            .await
+            .unwrap()
+            .get("kraken.instance_id")
+            != Some(instance)
+        {
+            assert!(Instant::now() < deadline, "meta of {}", client.node_id());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    // The old cluster's client is lost with its instance.
+    ec2.terminate_instances()
+        .instance_ids(&gone_id)
+        .send()
+        .await
+        .unwrap();
+    let gone_node = gone.node_id().to_owned();
+    drop(gone);
+
+    let purge = || kraken_agent::steps::snapshot::purge_gone_nodes(&nomad, &peers, CLUSTER);
+    assert_eq!(purge().await, 1);
+    let ids: Vec<String> = nomad
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert!(!ids.contains(&gone_node), "{ids:?}");
+    assert!(ids.contains(&live.node_id().to_owned()), "{ids:?}");
+    // Again: nothing more to purge, the live node stays.
+    assert_eq!(purge().await, 0);
+    assert!(calls.get() >= 3, "{} EC2 calls", calls.get());
+}

@@ -186,6 +186,45 @@ impl PeerSource for Ec2Peers {
     }
 }
 
+impl Ec2Peers {
+    /// Which of `ids` are instances of `cluster` that EC2 lists as pending
+    /// or running. Asked with filters rather than instance IDs: an ID EC2
+    /// no longer knows is an answer here (gone), not an
+    /// `InvalidInstanceID.NotFound` error.
+    pub async fn live(
+        &self,
+        cluster: &str,
+        ids: &[String],
+    ) -> Result<BTreeSet<String>, DiscoveryError> {
+        let mut live = BTreeSet::new();
+        // EC2 takes at most 200 values per filter.
+        for chunk in ids.chunks(100) {
+            let values: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let mut pages = self
+                .client
+                .describe_instances()
+                .filters(filter("instance-id", &values))
+                .filters(filter(&format!("tag:{CLUSTER_TAG}"), &[cluster]))
+                .filters(filter("instance-state-name", &["pending", "running"]))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|err| DiscoveryError {
+                    cluster: cluster.to_owned(),
+                    failure: Failure::classify(&err),
+                })?;
+                live.extend(
+                    page.reservations()
+                        .iter()
+                        .flat_map(|r| r.instances())
+                        .filter_map(|i| i.instance_id().map(str::to_owned)),
+                );
+            }
+        }
+        Ok(live)
+    }
+}
+
 /// Peers given up front, as a node description file does.
 #[derive(Debug, Clone)]
 pub struct StaticPeers(pub Peers);

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::steps::node;
 use crate::steps::snapshot::{self, Service, SnapshotStore};
-use crate::{BootError, tuning};
+use crate::{BootError, clients, tuning};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum Action {
@@ -99,14 +99,24 @@ pub async fn snapshot(settings: &Settings, args: Args) -> Result<(), BootError> 
         Action::Restore => {
             let store = store()?;
             let mut restored = Vec::new();
+            let mut purged = 0;
             for s in services {
                 let token = snapshot::management_token(&store, s).await?;
                 let info =
                     snapshot::restore(settings, &bucket, s, args.key.as_deref(), &token, &store)
                         .await?;
                 restored.push(info);
+                if s == Service::Nomad {
+                    let calls = kraken_aws::ApiCalls::default();
+                    let ec2 = kraken_discovery::Ec2Peers::new(
+                        kraken_aws::ec2_client(&sdk, &calls),
+                        calls,
+                    );
+                    let nomad = clients::nomad(settings, Some(token))?;
+                    purged = snapshot::purge_gone_nodes(&nomad, &ec2, &cluster).await;
+                }
             }
-            json!({ "cluster": cluster, "restored": restored })
+            json!({ "cluster": cluster, "restored": restored, "purged_nodes": purged })
         }
     };
     println!(

@@ -114,6 +114,20 @@ impl Nomad {
         self.http.get_json("/v1/nodes").await
     }
 
+    /// A client node's metadata (`node:read`).
+    pub async fn node_meta(
+        &self,
+        id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, HashiError> {
+        #[derive(Deserialize)]
+        struct Node {
+            #[serde(rename = "Meta", default)]
+            meta: Option<std::collections::BTreeMap<String, String>>,
+        }
+        let node: Node = self.http.get_json(&format!("/v1/node/{id}")).await?;
+        Ok(node.meta.unwrap_or_default())
+    }
+
     /// The attributes this agent's client node has fingerprinted, `None`
     /// on an agent that runs no client (`node:read`).
     pub async fn own_node_attributes(

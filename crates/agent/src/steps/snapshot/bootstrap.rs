@@ -170,7 +170,14 @@ pub async fn nomad(
     .await;
     lease.release().await;
     match result {
-        Ok(info) => Ok(Some(info)),
+        Ok(info) => {
+            let calls = kraken_aws::ApiCalls::default();
+            let ec2 = kraken_discovery::Ec2Peers::new(kraken_aws::ec2_client(sdk, &calls), calls);
+            let purged =
+                super::purge_gone_nodes(&nomad.with_token(Some(token)), &ec2, &spec.cluster).await;
+            log::info!("restore: purged {purged} nodes whose instances are gone");
+            Ok(Some(info))
+        }
         Err(e @ SnapshotError::OtherNomadToken { .. }) => {
             log::warn!("{e}; Nomad starts empty");
             Ok(None)

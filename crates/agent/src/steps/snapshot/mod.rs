@@ -10,6 +10,7 @@
 //! then hold.
 
 pub mod bootstrap;
+mod gone;
 mod s3;
 mod time;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::clients;
 
+pub use gone::purge_gone_nodes;
 pub use s3::SnapshotStore;
 pub use time::parse as parse_time;
 
