@@ -12,6 +12,7 @@ mod budget;
 mod doctor;
 mod follow;
 mod live_peers;
+mod metrics;
 mod published;
 mod render_validate;
 mod run;

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod cmd;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod steps;
 pub mod tuning;
 

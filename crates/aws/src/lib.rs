@@ -11,6 +11,7 @@ mod lifecycle;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,10 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
@@ -97,9 +101,39 @@ pub fn s3_client(sdk: &SdkConfig, calls: &ApiCalls, force_path_style: bool) -> a
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// Counts HTTP attempts (retries included) made through a client.
+/// Counts HTTP attempts (retries included) made through a client, and in
+/// the process-wide [`totals`] by service and operation.
 #[derive(Debug, Clone, Default)]
 pub struct ApiCalls(Arc<AtomicU64>);
+
+/// Attempts and failed attempts of one AWS operation, since the process
+/// started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTotals {
+    pub attempts: u64,
+    pub errors: u64,
+}
+
+/// Every client made here shares these: the agent's metrics
+/// (`kraken_aws_*`) read them, whichever step made the client.
+static TOTALS: std::sync::Mutex<BTreeMap<(String, String), CallTotals>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Attempts and errors so far, by (service, operation), e.g. `("ssm",
+/// "GetParameters")`.
+pub fn totals() -> Vec<((String, String), CallTotals)> {
+    let totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    totals.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn add_total(cfg: &ConfigBag, f: impl FnOnce(&mut CallTotals)) {
+    let (service, operation) = cfg
+        .load::<Metadata>()
+        .map(|m| (m.service().to_ascii_lowercase(), m.name().to_owned()))
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    f(totals.entry((service, operation)).or_default());
+}
 
 impl ApiCalls {
     pub fn get(&self) -> u64 {
@@ -116,9 +150,24 @@ impl Intercept for ApiCalls {
         &self,
         _context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        add_total(cfg, |t| t.attempts += 1);
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // An error answer (throttling, denied, 5xx) or no answer at all
+        // (timeout, connection refused): each attempt counts once.
+        if matches!(context.output_or_error(), Some(Err(_))) {
+            add_total(cfg, |t| t.errors += 1);
+        }
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ pub const DNS_POLICY: &str = "kraken-dns";
 
 /// The Consul ACL policies: name, description, rules (`@CLUSTER@` stands
 /// for the cluster's name).
-pub const POLICIES: [(&str, &str, &str); 5] = [
+pub const POLICIES: [(&str, &str, &str); 6] = [
     (
         "kraken-agent",
         "Consul agents of kraken nodes",
@@ -42,12 +42,19 @@ pub const POLICIES: [(&str, &str, &str); 5] = [
         "The kraken agent's own work on servers",
         include_str!("../policies/kraken-server.hcl"),
     ),
+    (
+        "kraken-metrics",
+        "Prometheus: agent metrics and service discovery, read-only",
+        include_str!("../policies/metrics.hcl"),
+    ),
 ];
 
 /// The Consul role tokens: secret name, description, policy. None has an
 /// expiry (`docs/operations.md`, token policy): a token that expires takes
-/// the cluster down with it.
-pub const ROLE_TOKENS: [(&str, &str, &str); 4] = [
+/// the cluster down with it. A token added here reaches clusters an older
+/// agent bootstrapped through the upkeep (made when its secret is unknown
+/// to Consul and the state records none).
+pub const ROLE_TOKENS: [(&str, &str, &str); 5] = [
     (names::CONSUL_AGENT, "kraken: Consul agents", "kraken-agent"),
     (
         names::CONSUL_NOMAD_SERVER,
@@ -63,6 +70,11 @@ pub const ROLE_TOKENS: [(&str, &str, &str); 4] = [
         names::CONSUL_SERVER,
         "kraken: the agent's own work on servers",
         "kraken-server",
+    ),
+    (
+        names::CONSUL_METRICS,
+        "kraken: the Prometheus scraper",
+        "kraken-metrics",
     ),
 ];
 

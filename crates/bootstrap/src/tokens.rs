@@ -178,6 +178,11 @@ impl Bootstrap<'_> {
                             delete_after_unix: now_unix() + grace.as_secs(),
                         });
                         report.rotated.push(name);
+                    } else if stored.is_none() {
+                        // A token this agent version adds (the scraper's):
+                        // clusters bootstrapped before get it here.
+                        log::info!("Consul token {name}: made (new in this agent version)");
+                        report.recreated.push(name);
                     } else {
                         log::warn!("Consul token {name} was gone from Consul; made again");
                         report.recreated.push(name);

@@ -13,6 +13,10 @@ pub const CONSUL_NOMAD_CLIENT: &str = "consul/tokens/nomad-client";
 /// The agent's own Consul token on servers (Consul and Nomad servers): the
 /// restart lock, autopilot's health, reading ACL metadata.
 pub const CONSUL_SERVER: &str = "consul/tokens/server";
+/// The Prometheus scraper's Consul token (policy `kraken-metrics`: read
+/// the agents' metrics and the catalog, nothing else); read by whoever
+/// runs the scraper, no node.
+pub const CONSUL_METRICS: &str = "consul/tokens/metrics";
 /// Nomad's management token, the `BootstrapSecret` of `nomad acl bootstrap`.
 pub const NOMAD_MANAGEMENT: &str = "nomad/tokens/management";
 /// The agent's own Nomad token on Nomad servers: join, autopilot's health

@@ -9,6 +9,7 @@ use crate::cloud::{AwsSettingsFile, DiscoverySettings, ImdsSettingsFile};
 use crate::cluster::{BootstrapSettings, TlsSettings};
 use crate::intent::IntentDefaults;
 use crate::lifecycle::LifecycleSettings;
+use crate::metrics::MetricsSettings;
 use crate::paths::PathSettings;
 use crate::secrets::SecretSettings;
 use crate::services::{ConsulSettings, DockerSettings, NomadSettings, StartSettings};
@@ -34,6 +35,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub lifecycle: LifecycleSettings,
     pub snapshots: SnapshotSettings,
+    pub metrics: MetricsSettings,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -104,6 +106,7 @@ impl Settings {
         }
         self.tls.validate()?;
         self.snapshots.validate()?;
+        self.metrics.validate()?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod cluster;
 mod file;
 mod intent;
 mod lifecycle;
+mod metrics;
 mod names;
 mod paths;
 mod secrets;
@@ -24,6 +25,7 @@ pub use cluster::{BootstrapSettings, TlsSettings};
 pub use file::{DEFAULT_SETTINGS_PATH, Settings, SettingsError};
 pub use intent::IntentDefaults;
 pub use lifecycle::LifecycleSettings;
+pub use metrics::{DEFAULT_METRICS_ADDRESS, MetricsSettings};
 pub use names::{NAME_FORM, valid_datacenter, valid_name};
 pub use paths::PathSettings;
 pub use secrets::{

@@ -68,6 +68,7 @@ pub async fn consul_phase(
     let consul = clients::consul(settings, token(secrets.initial_management.as_ref()))?;
     let b = participant(settings, spec, node, store, consul.clone(), false)?;
     let report = b.run(Phase::Consul).await?;
+    crate::metrics::bootstrap("consul", &report);
     if let Some(info) = restored {
         let done = upkeep(settings, spec, node, store, secrets, &consul).await?;
         log::info!(
@@ -100,7 +101,9 @@ pub async fn nomad_phase(
     snapshot::bootstrap::nomad(settings, spec, node, sdk, store, &consul).await?;
     status("bootstrap: Nomad ACLs");
     let b = participant(settings, spec, node, store, consul, true)?;
-    Ok(Some(b.run(Phase::Nomad).await?))
+    let report = b.run(Phase::Nomad).await?;
+    crate::metrics::bootstrap("nomad", &report);
+    Ok(Some(report))
 }
 
 /// Token and policy upkeep, on Consul servers (see `Bootstrap::upkeep`):
@@ -124,7 +127,9 @@ pub async fn upkeep(
     let b = participant(settings, spec, node, store, consul, false)?;
     // Two check periods: every holder re-reads its token once per period.
     let grace = Duration::from_secs(2 * settings.bootstrap.token_check_secs.max(1));
-    Ok(b.upkeep(reader, grace).await?)
+    let done = b.upkeep(reader, grace).await?;
+    crate::metrics::upkeep(&done);
+    Ok(done)
 }
 
 /// On a Nomad client, until the Nomad servers have finished their half of

@@ -247,6 +247,7 @@ fn ensure_leaf(
         0o644,
         Some(root),
     )?;
+    let had_one = files.cert.exists();
     let (info, change) = match current {
         Some(info) => (info, ca_change),
         None => {
@@ -269,9 +270,16 @@ fn ensure_leaf(
                 leaf.info.serial,
                 leaf.info.remaining(now).as_secs()
             );
+            if had_one {
+                crate::metrics::renewed(service);
+            }
             (leaf.info, Change::Updated)
         }
     };
+    crate::metrics::certificate(service, &files.cert, unix(info.not_after));
+    if let Ok(root) = kraken_pki::inspect(intermediate.root_pem(), "the cluster CA") {
+        crate::metrics::certificate(service, &files.ca, unix(root.not_after));
+    }
     Ok(LeafReport {
         service,
         change,

@@ -39,6 +39,14 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         ..Status::default()
     };
     status_file.write(&mut status);
+    let metrics = match agent_metrics(&settings).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Metrics are for watching the node, not for running it.
+            log::warn!("{e}");
+            None
+        }
+    };
 
     let mut agent = Agent {
         manager: Systemctl::new(&settings.start.systemctl),
@@ -52,6 +60,12 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         snapshot_schedule: Default::default(),
         drain_token: None,
     };
+    if let Some(address) = metrics {
+        agent.record(
+            "metrics",
+            serde_json::json!({ "address": address.to_string() }),
+        );
+    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     // `kraken-agent leave` (a person, or kraken-leave.service at
@@ -110,6 +124,7 @@ async fn converge_and_watch(agent: &mut Agent) -> Result<(), BootError> {
         }
     };
     agent.status.converged_unix = Some(kraken_ready::now_unix());
+    crate::metrics::converged();
     agent.status.last_error = None;
     let roles: Vec<&str> = converged.spec.roles.iter().map(|r| r.as_str()).collect();
     let summary = format!(
@@ -123,6 +138,21 @@ async fn converge_and_watch(agent: &mut Agent) -> Result<(), BootError> {
     agent.status_file.write(&mut agent.status);
     agent.notifier.ready(&summary);
     agent.watch(converged).await
+}
+
+/// The agent's metrics endpoint (`[metrics] address`), when it is on.
+async fn agent_metrics(settings: &Settings) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(address) = settings.metrics.listen() else {
+        return Ok(None);
+    };
+    let bound = crate::metrics::serve(address).await.map_err(|e| {
+        format!(
+            "metrics: cannot listen on {address} ({e}); the agent runs without its metrics \
+             endpoint: free the port or change [metrics] address in agent.toml"
+        )
+    })?;
+    log::info!("metrics: serving http://{bound}/metrics");
+    Ok(Some(bound))
 }
 
 impl Agent {

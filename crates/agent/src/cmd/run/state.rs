@@ -194,6 +194,7 @@ impl Agent {
                 .await?;
             if outcome != Outcome::Unchanged {
                 log::info!("{service:?}: {outcome:?}");
+                crate::metrics::action(*service, &format!("{outcome:?}").to_lowercase());
             }
             outcomes.insert(*service, outcome);
         }

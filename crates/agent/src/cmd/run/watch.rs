@@ -117,6 +117,7 @@ impl Agent {
             }
             self.reregister(&node).await;
             self.snapshots(&node).await;
+            crate::metrics::watch_round();
         }
     }
 

@@ -76,6 +76,15 @@ connect {
   enabled = true
 }
 
+# Prometheus metrics at /v1/agent/metrics?format=prometheus, behind the
+# HTTPS port and the ACLs (the scraper's token: docs/operations.md). One
+# series per metric for the whole cluster: the node is a label, not part
+# of the name.
+telemetry {
+  prometheus_retention_time = "60s"
+  disable_hostname          = true
+}
+
 acl {
   enabled                  = true
   default_policy           = "deny"

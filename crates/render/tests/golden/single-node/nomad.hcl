@@ -85,6 +85,17 @@ consul {
   ca_file      = "/etc/consul.d/tls/ca.pem"
 }
 
+# Prometheus metrics at /v1/metrics?format=prometheus. Nomad asks no ACL
+# token there: with TLS on its HTTPS port takes only callers with a
+# certificate of the cluster CA (docs/operations.md, the scraper's).
+telemetry {
+  prometheus_metrics         = true
+  disable_hostname           = true
+  collection_interval        = "10s"
+  publish_node_metrics       = true
+  publish_allocation_metrics = true
+}
+
 acl {
   enabled = true
 }
