@@ -1,6 +1,6 @@
 //! Metrics on a real node (`docs/operations.md`, Metrics): Consul's and
 //! Nomad's Prometheus endpoints behind their TLS and ACLs, the scraper's
-//! read-only token the upkeep makes, and the agent's own exporter, whose
+//! read-only token the bootstrap makes, and the agent's own exporter, whose
 //! values follow what the agent does.
 
 use std::time::{Duration, Instant};
@@ -90,9 +90,8 @@ async fn consul_nomad_and_the_agent_serve_metrics_to_the_scraper_only() {
         .unwrap()
         .to_owned();
 
-    // The scraper's token: made by the token upkeep (the path clusters an
-    // older agent bootstrapped take too), stored, known to Consul, and
-    // not expiring.
+    // The scraper's token: made by the bootstrap's Consul phase, stored,
+    // known to Consul, and not expiring.
     let store = node.store().await;
     let token = loop {
         if let Some(t) = store.get(names::CONSUL_METRICS).await.unwrap()
@@ -192,27 +191,24 @@ async fn consul_nomad_and_the_agent_serve_metrics_to_the_scraper_only() {
     );
 
     // The agent's exporter: every series, with the values of what it did.
-    // The upkeep counts its round once it has recorded the token in the
-    // bootstrap state, a moment after Consul knows the token.
-    let made = |t: &str| {
-        value(
-            t,
-            "kraken_token_upkeep_events_total",
-            &[("event", "recreated")],
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let first = loop {
-        let t = scrape_agent(&exporter).await;
-        if made(&t).is_some() || Instant::now() > deadline {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(
-        made(&first).unwrap_or(0.0) >= 1.0,
-        "the upkeep made the scraper's token\n{first}"
-    );
+    // The bootstrap counted every step of both phases on this lone node,
+    // the scraper's token among them.
+    let first = scrape_agent(&exporter).await;
+    for phase in [
+        kraken_bootstrap::Phase::Consul,
+        kraken_bootstrap::Phase::Nomad,
+    ] {
+        let steps = kraken_bootstrap::Step::ALL
+            .iter()
+            .filter(|s| s.phase() == phase)
+            .count();
+        let label = format!("{phase:?}").to_lowercase();
+        assert_eq!(
+            value(&first, "kraken_bootstrap_steps_total", &[("phase", &label)]),
+            Some(steps as f64),
+            "{label} steps\n{first}"
+        );
+    }
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         value(&first, "kraken_agent", &[("version", version)]),

@@ -288,6 +288,11 @@ impl Bootstrap<'_> {
                 crate::policies::ensure(&self.consul, &self.consul, &self.cluster).await?;
                 self.made(ROLE_TOKENS[3]).await
             }
+            Step::ConsulMetricsToken => {
+                // The scraper's token: its policy is newer still.
+                crate::policies::ensure(&self.consul, &self.consul, &self.cluster).await?;
+                self.made(ROLE_TOKENS[4]).await
+            }
             Step::NomadAclBootstrap => self.nomad_bootstrap().await.map(|()| None),
             Step::NomadAgentToken => self
                 .nomad_token(names::NOMAD_AGENT, NOMAD_AGENT_POLICY)

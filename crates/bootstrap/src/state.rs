@@ -27,19 +27,21 @@ pub enum Step {
     ConsulNomadClientToken,
     ConsulAnonymousDns,
     ConsulServerToken,
+    ConsulMetricsToken,
     NomadAclBootstrap,
     NomadAgentToken,
     NomadDrainToken,
 }
 
 impl Step {
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::ConsulPolicies,
         Step::ConsulAgentToken,
         Step::ConsulNomadServerToken,
         Step::ConsulNomadClientToken,
         Step::ConsulAnonymousDns,
         Step::ConsulServerToken,
+        Step::ConsulMetricsToken,
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,
         Step::NomadDrainToken,
@@ -54,6 +56,7 @@ impl Step {
             Step::ConsulNomadClientToken => "consul-token-nomad-client",
             Step::ConsulAnonymousDns => "consul-anonymous-dns",
             Step::ConsulServerToken => "consul-token-server",
+            Step::ConsulMetricsToken => "consul-token-metrics",
             Step::NomadAclBootstrap => "nomad-acl-bootstrap",
             Step::NomadAgentToken => "nomad-token-agent",
             Step::NomadDrainToken => "nomad-token-drain",

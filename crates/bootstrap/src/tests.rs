@@ -53,6 +53,7 @@ fn steps_run_in_their_declared_order_consul_before_nomad() {
             Phase::Consul,
             Phase::Consul,
             Phase::Consul,
+            Phase::Consul,
             Phase::Nomad,
             Phase::Nomad,
             Phase::Nomad
@@ -77,6 +78,7 @@ fn step_names_are_the_ones_recorded_in_consul() {
             "consul-token-nomad-client",
             "consul-anonymous-dns",
             "consul-token-server",
+            "consul-token-metrics",
             "nomad-acl-bootstrap",
             "nomad-token-agent",
             "nomad-token-drain",
