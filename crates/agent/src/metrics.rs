@@ -118,9 +118,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics { registry, ..m }
 });
 
-/// A service as its label value: `consul`, `nomad`, `docker`.
 fn name(service: Service) -> String {
-    format!("{service:?}").to_lowercase()
+    service.as_str().to_owned()
 }
 
 fn now_unix() -> i64 {

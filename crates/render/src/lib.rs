@@ -43,6 +43,19 @@ pub enum Service {
     Operator,
 }
 
+impl Service {
+    /// As in configs, labels and messages: `consul`, `docker`, `nomad`,
+    /// `operator` (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Consul => "consul",
+            Service::Docker => "docker",
+            Service::Nomad => "nomad",
+            Service::Operator => "operator",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Syntax {
     Hcl,

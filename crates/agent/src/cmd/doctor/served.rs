@@ -19,10 +19,7 @@ fn life(secs: u64) -> String {
 }
 
 fn describe(p: &PortCheck) -> String {
-    let service = match p.service {
-        Service::Consul => "consul",
-        _ => "nomad",
-    };
+    let service = p.service.as_str();
     match (&p.serial, p.remaining_secs) {
         (Some(serial), Some(left)) => format!(
             "{service} {} {} serves {} ({} left{})",
