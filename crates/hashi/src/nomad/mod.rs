@@ -5,6 +5,7 @@ use crate::autopilot::AutopilotHealth;
 use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 pub(crate) mod acl;
+pub(crate) mod namespaces;
 pub(crate) mod leave;
 
 /// A Nomad agent's HTTP API.
