@@ -96,16 +96,19 @@ async fn a_teams_token_submits_to_its_namespace_only_and_a_new_team_needs_no_reb
         eprintln!("team web-prod's token, {method} {path}: {status} {text}");
         assert_eq!(status, 403, "{method} {path}: {text}");
     }
-    // Nor does it manage Nomad's ACLs or namespaces.
-    let (status, _) = send(
-        &http,
-        reqwest::Method::GET,
-        &format!("{nomad}/v1/acl/policies"),
-        token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 403);
+    // Nor does it see Nomad's tokens or nodes (a token may list its own
+    // policies, nothing more of the ACLs).
+    for path in ["/v1/acl/tokens", "/v1/nodes"] {
+        let (status, text) = send(
+            &http,
+            reqwest::Method::GET,
+            &format!("{nomad}{path}"),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "GET {path}: {text}");
+    }
 
     // A team added to agent.toml on a running cluster: the agent restarts
     // with it (its bootstrap is done and is not run again) and the Nomad
