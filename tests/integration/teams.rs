@@ -89,10 +89,20 @@ async fn a_teams_token_submits_to_its_namespace_only_and_a_new_team_needs_no_reb
             "/v1/jobs?namespace=default",
             Some(batch_job("team-job", "default")),
         ),
-        (reqwest::Method::GET, "/v1/job/team-job?namespace=default", None),
+        (
+            reqwest::Method::GET,
+            "/v1/job/team-job?namespace=default",
+            None,
+        ),
     ] {
-        let (status, text) =
-            send(&http, method.clone(), &format!("{nomad}{path}"), token, body.as_ref()).await;
+        let (status, text) = send(
+            &http,
+            method.clone(),
+            &format!("{nomad}{path}"),
+            token,
+            body.as_ref(),
+        )
+        .await;
         eprintln!("team web-prod's token, {method} {path}: {status} {text}");
         assert_eq!(status, 403, "{method} {path}: {text}");
     }
@@ -156,7 +166,11 @@ async fn a_teams_token_submits_to_its_namespace_only_and_a_new_team_needs_no_reb
     assert_eq!(status, 403, "and not to web-prod");
 
     // The first team's token is the one it had.
-    let again = store.get("teams/web/prod/nomad-token").await.unwrap().unwrap();
+    let again = store
+        .get("teams/web/prod/nomad-token")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.expose(), token);
 
     let consul_token = store

@@ -152,7 +152,9 @@ impl Apis {
 
     /// The Consul tokens the auth method issued: (service identities, roles).
     async fn workload_tokens(&self) -> (Vec<String>, Vec<String>) {
-        let tokens = self.consul("/v1/acl/tokens?authmethod=nomad-workloads").await;
+        let tokens = self
+            .consul("/v1/acl/tokens?authmethod=nomad-workloads")
+            .await;
         let (mut services, mut roles) = (Vec::new(), Vec::new());
         for t in tokens.as_array().unwrap() {
             for s in t["ServiceIdentities"].as_array().into_iter().flatten() {
@@ -201,7 +203,10 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
     assert_eq!(
         bound,
         [
-            ("role".to_owned(), "nomad-tasks-${value.nomad_namespace}".to_owned()),
+            (
+                "role".to_owned(),
+                "nomad-tasks-${value.nomad_namespace}".to_owned()
+            ),
             ("service".to_owned(), "${value.nomad_service}".to_owned()),
         ]
     );
@@ -222,7 +227,11 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
         .unwrap();
     assert!(put.status().is_success());
     let store = node.store().await;
-    let client_token = store.get(names::CONSUL_NOMAD_CLIENT).await.unwrap().unwrap();
+    let client_token = store
+        .get(names::CONSUL_NOMAD_CLIENT)
+        .await
+        .unwrap()
+        .unwrap();
     let (status, _) = apis
         .consul_get(&format!("/v1/kv/{key}"), client_token.expose())
         .await;
@@ -233,7 +242,9 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
     assert!(!job.to_string().contains("ConsulToken"));
     apis.nomad_send(reqwest::Method::PUT, "/v1/jobs", Some(job))
         .await;
-    let entry = apis.passing("wi-one", &node, Duration::from_secs(120)).await;
+    let entry = apis
+        .passing("wi-one", &node, Duration::from_secs(120))
+        .await;
     eprintln!("wi-one passing {:?} after boot", started.elapsed());
     let check = entry["Checks"]
         .as_array()
@@ -259,7 +270,10 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
     assert_eq!(served, value);
     let (services, roles) = apis.workload_tokens().await;
     assert!(services.contains(&"wi-one".to_owned()), "{services:?}");
-    assert!(roles.contains(&"nomad-tasks-default".to_owned()), "{roles:?}");
+    assert!(
+        roles.contains(&"nomad-tasks-default".to_owned()),
+        "{roles:?}"
+    );
 
     // A root key rotation: the new key signs from now on, and the upkeep
     // gives it to Consul within a token check or two.
@@ -278,13 +292,21 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("Consul holds the rotated key {:?} after the rotation", rotated.elapsed());
+    eprintln!(
+        "Consul holds the rotated key {:?} after the rotation",
+        rotated.elapsed()
+    );
 
     // A new allocation, its identities signed with the new key, gets its
     // tokens and its service passes.
-    apis.nomad_send(reqwest::Method::PUT, "/v1/jobs", Some(kv_job("wi-two", key)))
+    apis.nomad_send(
+        reqwest::Method::PUT,
+        "/v1/jobs",
+        Some(kv_job("wi-two", key)),
+    )
+    .await;
+    apis.passing("wi-two", &node, Duration::from_secs(120))
         .await;
-    apis.passing("wi-two", &node, Duration::from_secs(120)).await;
     let (services, roles) = apis.workload_tokens().await;
     assert!(services.contains(&"wi-two".to_owned()), "{services:?}");
     assert_eq!(

@@ -55,6 +55,7 @@ fn steps_run_in_their_declared_order_consul_before_nomad() {
             Phase::Consul,
             Phase::Nomad,
             Phase::Nomad,
+            Phase::Nomad,
             Phase::Nomad
         ]
     );
@@ -122,7 +123,10 @@ fn a_phase_is_done_when_all_of_its_steps_are() {
         Step::NomadAgentToken,
         Step::NomadDrainToken,
     ]);
-    assert!(!before_wi.phase_done(Phase::Nomad), "workload identity to do");
+    assert!(
+        !before_wi.phase_done(Phase::Nomad),
+        "workload identity to do"
+    );
     let nomad = state_with(&[
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,

@@ -124,10 +124,13 @@ impl Bootstrap<'_> {
                 "nomad_service": "nomad_service",
             },
         });
-        let existing = consul
-            .acl_auth_method(AUTH_METHOD)
-            .await
-            .map_err(BootstrapError::consul("read the nomad-workloads auth method"))?;
+        let existing =
+            consul
+                .acl_auth_method(AUTH_METHOD)
+                .await
+                .map_err(BootstrapError::consul(
+                    "read the nomad-workloads auth method",
+                ))?;
         let same = existing.as_ref().is_some_and(|m| {
             config
                 .as_object()
@@ -147,7 +150,9 @@ impl Bootstrap<'_> {
                 existing.is_some(),
             )
             .await
-            .map_err(BootstrapError::consul("write the nomad-workloads auth method"))?;
+            .map_err(BootstrapError::consul(
+                "write the nomad-workloads auth method",
+            ))?;
         log::info!(
             "auth method {AUTH_METHOD}: {} Nomad signing key(s) written",
             pems.len()
@@ -159,10 +164,13 @@ impl Bootstrap<'_> {
     /// method is the agent's, and a rule it did not make could bind
     /// workloads to anything.
     async fn binding_rules(&self, consul: &Consul) -> Result<usize, BootstrapError> {
-        let existing = consul
-            .acl_binding_rules(AUTH_METHOD)
-            .await
-            .map_err(BootstrapError::consul("list the nomad-workloads binding rules"))?;
+        let existing =
+            consul
+                .acl_binding_rules(AUTH_METHOD)
+                .await
+                .map_err(BootstrapError::consul(
+                    "list the nomad-workloads binding rules",
+                ))?;
         let mut changed = 0;
         for (description, selector, bind_type, bind_name) in RULES {
             let found = existing.iter().any(|r| {
@@ -178,7 +186,9 @@ impl Bootstrap<'_> {
                         bind_name,
                     )
                     .await
-                    .map_err(BootstrapError::consul("create a nomad-workloads binding rule"))?;
+                    .map_err(BootstrapError::consul(
+                        "create a nomad-workloads binding rule",
+                    ))?;
                 changed += 1;
             }
         }
@@ -187,7 +197,11 @@ impl Bootstrap<'_> {
 
     /// The namespace's policy (this agent's rules) and role. Returns
     /// whether either was created or changed.
-    async fn namespace_role(&self, consul: &Consul, namespace: &str) -> Result<bool, BootstrapError> {
+    async fn namespace_role(
+        &self,
+        consul: &Consul,
+        namespace: &str,
+    ) -> Result<bool, BootstrapError> {
         let name = format!("{TASKS_PREFIX}{namespace}");
         let rules = TASKS_POLICY.replace("@NAMESPACE@", namespace);
         let description = format!("Tasks of Nomad namespace {namespace}");
@@ -228,8 +242,12 @@ pub fn jwk_pem(key: &Jwk) -> Result<String, BootstrapError> {
         return Err(bad(&format!("key type {} (expected RSA)", key.kty)));
     }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let n = b64.decode(key.n.trim_end_matches('=')).map_err(|e| bad(&e.to_string()))?;
-    let e = b64.decode(key.e.trim_end_matches('=')).map_err(|e| bad(&e.to_string()))?;
+    let n = b64
+        .decode(key.n.trim_end_matches('='))
+        .map_err(|e| bad(&e.to_string()))?;
+    let e = b64
+        .decode(key.e.trim_end_matches('='))
+        .map_err(|e| bad(&e.to_string()))?;
     if n.is_empty() || e.is_empty() {
         return Err(bad("empty modulus or exponent"));
     }
@@ -238,7 +256,9 @@ pub fn jwk_pem(key: &Jwk) -> Result<String, BootstrapError> {
     let algorithm = der(
         0x30,
         &[
-            &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+            &[
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ][..],
             &[0x05, 0x00],
         ]
         .concat(),

@@ -186,8 +186,7 @@ mod tests {
         assert!(err.contains("teams.\"Web\""), "{err}");
         let err = Settings::parse("[teams.web]\nenvironments = []\n").unwrap_err();
         assert!(err.contains("teams.web.environments = []"), "{err}");
-        let err =
-            Settings::parse("[teams.web]\nenvironments = [\"prod\", \"-x\"]\n").unwrap_err();
+        let err = Settings::parse("[teams.web]\nenvironments = [\"prod\", \"-x\"]\n").unwrap_err();
         assert!(err.contains("teams.web.environments[1] = \"-x\""), "{err}");
         let err = Settings::parse(
             "[teams.a-b]\nenvironments = [\"c\"]\n[teams.a]\nenvironments = [\"b-c\"]\n",

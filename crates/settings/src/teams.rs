@@ -30,8 +30,7 @@ impl TeamEnvironment {
 /// Team and environment names: lowercase letters, digits and inner
 /// hyphens, up to 40 characters each, so that `<team>-<environment>` is a
 /// valid Nomad namespace and a secret store path segment.
-pub const TEAM_NAME_FORM: &str =
-    "lowercase letters, digits and inner hyphens, 1 to 40 characters";
+pub const TEAM_NAME_FORM: &str = "lowercase letters, digits and inner hyphens, 1 to 40 characters";
 
 fn valid(name: &str) -> bool {
     (1..=40).contains(&name.len())

@@ -86,7 +86,10 @@ pub async fn web(
     }
     let allocs = api
         .get_ok(
-            &nomad_url(nomad_server, &format!("/v1/job/web/allocations?namespace={NAMESPACE}")),
+            &nomad_url(
+                nomad_server,
+                &format!("/v1/job/web/allocations?namespace={NAMESPACE}"),
+            ),
             tokens.nomad_header(),
         )
         .await?;

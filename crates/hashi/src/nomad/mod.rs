@@ -5,8 +5,8 @@ use crate::autopilot::AutopilotHealth;
 use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 pub(crate) mod acl;
-pub(crate) mod namespaces;
 pub(crate) mod leave;
+pub(crate) mod namespaces;
 
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]
