@@ -83,6 +83,8 @@ pub async fn consul_phase(
 /// Consul phase made): Nomad's ACL bootstrap, the agent's Nomad tokens,
 /// workload identity in Consul; then, on the Nomad leader, the teams. With `snapshots.restore_at_bootstrap`, a fresh Nomad is first
 /// ACL-bootstrapped and restored from its newest snapshot.
+// The node's address tells the Nomad leader's agent (teams) from the others.
+#[allow(clippy::too_many_arguments)]
 pub async fn nomad_phase(
     settings: &Settings,
     spec: &NodeSpec,
