@@ -5,6 +5,13 @@
 #
 #   nomad job run -var web_binary=/path/to/kraken-web jobs/web.nomad.hcl
 #
+# No Consul token here nor at submission: the service registers in Consul
+# with its own workload identity (docs/workload-identity.md). The local VM
+# cluster submits it in team web's namespace web-prod with that team's
+# token (docs/teams.md), not the management token:
+#
+#   NOMAD_TOKEN=<teams/web/prod/nomad-token> nomad job run -namespace web-prod ...
+#
 # raw_exec runs the binary the image installs (packer/), so the job needs
 # no image registry. The AWS variant, with Docker, is
 # docs/examples/web-docker.nomad.hcl.

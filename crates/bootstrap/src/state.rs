@@ -30,10 +30,11 @@ pub enum Step {
     NomadAclBootstrap,
     NomadAgentToken,
     NomadDrainToken,
+    NomadWorkloadIdentity,
 }
 
 impl Step {
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::ConsulPolicies,
         Step::ConsulAgentToken,
         Step::ConsulNomadServerToken,
@@ -43,6 +44,7 @@ impl Step {
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,
         Step::NomadDrainToken,
+        Step::NomadWorkloadIdentity,
     ];
 
     /// As recorded in Consul: renaming one makes every cluster redo it.
@@ -57,12 +59,16 @@ impl Step {
             Step::NomadAclBootstrap => "nomad-acl-bootstrap",
             Step::NomadAgentToken => "nomad-token-agent",
             Step::NomadDrainToken => "nomad-token-drain",
+            Step::NomadWorkloadIdentity => "nomad-workload-identity",
         }
     }
 
     pub fn phase(self) -> Phase {
         match self {
-            Step::NomadAclBootstrap | Step::NomadAgentToken | Step::NomadDrainToken => Phase::Nomad,
+            Step::NomadAclBootstrap
+            | Step::NomadAgentToken
+            | Step::NomadDrainToken
+            | Step::NomadWorkloadIdentity => Phase::Nomad,
             _ => Phase::Consul,
         }
     }
