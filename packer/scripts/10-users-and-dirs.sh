@@ -71,7 +71,7 @@ ensure_dir root:root 0750 /etc/nomad.d
 ensure_dir consul:consul 0750 /opt/consul
 # 0711: tasks that run as an unprivileged user (raw_exec with `user`) must
 # pass through it to their allocation directory; they cannot list it, and
-# Nomad keeps its own state (client/, server/) 0700 below it.
+# Nomad makes its client state (client/) 0700 below it.
 ensure_dir root:root 0711 /opt/nomad
 # agent.toml and agent.env: site settings, baked or written by cloud-init.
 ensure_dir root:root 0755 /etc/kraken
