@@ -57,6 +57,11 @@ job "web" {
     task "web" {
       driver = "raw_exec"
 
+      # Never root: the clients refuse raw_exec tasks as uid or gid 0, so
+      # that the node's tokens and keys stay out of a task's reach
+      # (docs/iam.md). kraken-web needs no privilege.
+      user = "nobody"
+
       # Out of Consul first, then stopped: a drain (a client leaving) or a
       # deployment never sends a user to an instance that is going away.
       shutdown_delay = "5s"
