@@ -5,6 +5,13 @@
 #
 #   nomad job run -var web_binary=/path/to/kraken-web jobs/web.nomad.hcl
 #
+# No Consul token here nor at submission: the service registers in Consul
+# with its own workload identity (docs/workload-identity.md). The local VM
+# cluster submits it in team web's namespace web-prod with that team's
+# token (docs/teams.md), not the management token:
+#
+#   NOMAD_TOKEN=<teams/web/prod/nomad-token> nomad job run -namespace web-prod ...
+#
 # raw_exec runs the binary the image installs (packer/), so the job needs
 # no image registry. The AWS variant, with Docker, is
 # docs/examples/web-docker.nomad.hcl.
@@ -49,6 +56,11 @@ job "web" {
 
     task "web" {
       driver = "raw_exec"
+
+      # Never root: the clients refuse raw_exec tasks as uid or gid 0, so
+      # that the node's tokens and keys stay out of a task's reach
+      # (docs/iam.md). kraken-web needs no privilege.
+      user = "nobody"
 
       # Out of Consul first, then stopped: a drain (a client leaving) or a
       # deployment never sends a user to an instance that is going away.

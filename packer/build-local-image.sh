@@ -95,7 +95,7 @@ agent_toml=${KRAKEN_AGENT_TOML:-}
 
 scripts=("$here"/scripts/[0-9][0-9]-*.sh)
 [ -e "${scripts[0]}" ] || die "no scripts in $here/scripts"
-units=("$repo"/systemd/*.service)
+units=("$repo"/systemd/*.service "$repo"/systemd/kraken-imds-guard)
 
 # --- the cached debootstrap base ---------------------------------------------
 

@@ -69,7 +69,10 @@ ensure_dir consul:consul 0750 /etc/consul.d
 ensure_dir root:root 0750 /etc/nomad.d
 # Data directories (the rendered configs' data_dir).
 ensure_dir consul:consul 0750 /opt/consul
-ensure_dir root:root 0700 /opt/nomad
+# 0711: tasks that run as an unprivileged user (raw_exec with `user`) must
+# pass through it to their allocation directory; they cannot list it, and
+# Nomad makes its client state (client/) 0700 below it.
+ensure_dir root:root 0711 /opt/nomad
 # agent.toml and agent.env: site settings, baked or written by cloud-init.
 ensure_dir root:root 0755 /etc/kraken
 # The `dir` secret store's default root (secrets.dir).

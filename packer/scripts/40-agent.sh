@@ -55,9 +55,23 @@ units=("$KRAKEN_UNITS_DIR"/*.service)
 for src in "${units[@]}"; do
   put "$src" "/etc/systemd/system/$(basename "$src")" 0644
 done
-for unit in kraken-agent.service kraken-leave.service consul.service nomad.service; do
+for unit in kraken-agent.service kraken-leave.service kraken-imds-guard.service consul.service nomad.service; do
   [ -f "/etc/systemd/system/$unit" ] || die "$KRAKEN_UNITS_DIR has no $unit"
 done
+# The IMDS guard (docs/iam.md): its script, and nftables to load its rules.
+[ -f "$KRAKEN_UNITS_DIR/kraken-imds-guard" ] || die "$KRAKEN_UNITS_DIR has no kraken-imds-guard"
+install -d -o root -g root -m 0755 /usr/local/lib/kraken
+put "$KRAKEN_UNITS_DIR/kraken-imds-guard" /usr/local/lib/kraken/imds-guard 0755
+if ! command -v nft >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt_get update -q
+  apt_get install -y -q --no-install-recommends nftables
+fi
+# Debian's nftables.service loads /etc/nftables.conf, whose first line
+# flushes the whole ruleset (the guard's table with it): never enabled.
+if systemctl --root=/ --quiet is-enabled nftables.service 2>/dev/null; then
+  systemctl --root=/ --quiet disable nftables.service
+fi
 # What the units run besides the services: ExecReload=/bin/kill (procps),
 # which `systemctl reload consul` needs when the agent installs tokens. The
 # Debian AMI has it; a minimal root file system does not.
@@ -70,7 +84,8 @@ if command -v systemd-analyze >/dev/null; then
   # Unknown directives, typos, commands that do not exist: a broken unit
   # must fail the build, not the first boot.
   if ! out=$(systemd-analyze verify --man=no /etc/systemd/system/kraken-agent.service \
-    /etc/systemd/system/kraken-leave.service /etc/systemd/system/consul.service /etc/systemd/system/nomad.service 2>&1); then
+    /etc/systemd/system/kraken-leave.service /etc/systemd/system/kraken-imds-guard.service \
+    /etc/systemd/system/consul.service /etc/systemd/system/nomad.service 2>&1); then
     printf '%s\n' "$out" | sed 's/^/40-agent: systemd-analyze: /' >&2
     die "systemd-analyze verify found problems in the units"
   fi
@@ -87,19 +102,19 @@ fi
 
 if is_live_systemd; then
   [ "$changed" = 0 ] || systemctl daemon-reload
-  systemctl enable --quiet kraken-agent.service kraken-leave.service
+  systemctl enable --quiet kraken-agent.service kraken-leave.service kraken-imds-guard.service
 else
   # No systemd as PID 1 (a chroot): --root edits the unit links offline.
-  if ! systemctl --root=/ --quiet enable kraken-agent.service kraken-leave.service; then
+  if ! systemctl --root=/ --quiet enable kraken-agent.service kraken-leave.service kraken-imds-guard.service; then
     log "systemctl --root=/ enable failed; creating the links by hand"
     install -d -m 0755 /etc/systemd/system/multi-user.target.wants
-    for unit in kraken-agent.service kraken-leave.service; do
+    for unit in kraken-agent.service kraken-leave.service kraken-imds-guard.service; do
       ln -sfn "/etc/systemd/system/$unit" "/etc/systemd/system/multi-user.target.wants/$unit"
     done
   fi
 fi
 
-for unit in kraken-agent.service kraken-leave.service; do
+for unit in kraken-agent.service kraken-leave.service kraken-imds-guard.service; do
   link=/etc/systemd/system/multi-user.target.wants/$unit
   [ "$(readlink -f "$link")" = "/etc/systemd/system/$unit" ] ||
     die "$link does not point at /etc/systemd/system/$unit"
@@ -109,4 +124,4 @@ for unit in consul.service nomad.service; do
     die "$unit is enabled; kraken-agent must be the one to enable it"
   fi
 done
-log "done: kraken-agent.service and kraken-leave.service enabled; consul.service and nomad.service installed, not enabled"
+log "done: kraken-agent.service, kraken-leave.service and kraken-imds-guard.service enabled; consul.service and nomad.service installed, not enabled"

@@ -17,5 +17,7 @@ mod published;
 mod render_validate;
 mod run;
 mod snapshots;
+mod teams;
 mod tls;
 mod web_job;
+mod workload_identity;

@@ -38,7 +38,13 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_job_runs_two_instances_found_through_consul() {
     let started = Instant::now();
-    let web = web_bin();
+    // The job runs it as nobody (its `user`), who cannot reach a build
+    // under /root: a copy it can execute, as the image installs it.
+    let web_dir = TestDir::new("web-bin");
+    let web = web_dir.path().join("kraken-web");
+    std::fs::copy(web_bin(), &web).expect("copy kraken-web");
+    std::fs::set_permissions(&web, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod kraken-web");
 
     let (consul, nomad) = tokio::join!(ConsulDev::start(), NomadServer::start());
     let (agent_a, agent_b) = tokio::join!(

@@ -1,4 +1,9 @@
-# Nomad clients: register the services of the tasks they run and their checks.
+# Nomad clients, under workload identity: a workload registers its services
+# and reads KV with its own token (the nomad-workloads auth method). The
+# client's token still registers the nomad-client service, reads its agent,
+# and deregisters the services of stopped allocations (Nomad >= 1.9 does
+# that with the agent's own token: hashicorp/nomad#24166), hence service
+# write. No KV, no ACL rights.
 agent_prefix "" {
   policy = "read"
 }

@@ -15,3 +15,7 @@ key_prefix "kraken/@CLUSTER@/bootstrap/" {
 session_prefix "" {
   policy = "write"
 }
+# Workload identity (docs/workload-identity.md): the Nomad servers' agent keeps
+# the nomad-workloads auth method's keys equal to Nomad's, and a role per
+# Nomad namespace. Nomad's own minimal server policy has it too.
+acl = "write"

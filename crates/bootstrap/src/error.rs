@@ -31,6 +31,16 @@ pub enum BootstrapError {
     CrashPoint { step: &'static str },
     #[error("bootstrap state at {key} is not valid JSON: {detail}")]
     BadState { key: String, detail: String },
+    #[error(
+        "Nomad's workload identity key {kid} cannot be given to Consul: {detail}; \
+         check /.well-known/jwks.json on a Nomad server (docs/workload-identity.md)"
+    )]
+    BadWorkloadKey { kid: String, detail: String },
+    #[error(
+        "Nomad publishes no workload identity key (/.well-known/jwks.json is empty): its keyring \
+         is not ready yet"
+    )]
+    NoWorkloadKeys,
 }
 
 impl BootstrapError {
@@ -53,7 +63,10 @@ impl BootstrapError {
             BootstrapError::LeaseLost { .. } => true,
             BootstrapError::NomadBootstrappedByHand { .. }
             | BootstrapError::BadState { .. }
-            | BootstrapError::CrashPoint { .. } => false,
+            | BootstrapError::CrashPoint { .. }
+            | BootstrapError::BadWorkloadKey { .. } => false,
+            // A new leader's keyring is replicated a moment after it wins.
+            BootstrapError::NoWorkloadKeys => true,
         }
     }
 }

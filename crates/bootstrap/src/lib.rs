@@ -14,9 +14,11 @@ mod lease;
 mod policies;
 mod run;
 mod state;
+mod teams;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod workload;
 
 pub use error::BootstrapError;
 pub use kraken_secrets::names;
@@ -27,4 +29,6 @@ pub use state::{
     Phase, Retired, State, Step, TokenRecord, key as state_key, lock_key, read as read_state,
     sha256_hex,
 };
+pub use teams::{Teams, team_policy, team_rules, team_secret};
 pub use tokens::Upkeep;
+pub use workload::{AUDIENCE, AUTH_METHOD, TASKS_PREFIX, Workload, jwk_pem};

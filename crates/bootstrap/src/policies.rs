@@ -124,39 +124,54 @@ pub async fn ensure(
     writer: &Consul,
     cluster: &str,
 ) -> Result<Vec<&'static str>, BootstrapError> {
-    let ours = parse_version(AGENT_VERSION).unwrap_or_default();
     let mut changed = Vec::new();
     for (name, description, rules) in POLICIES {
         let rules = rules.replace("@CLUSTER@", cluster);
-        let existing = reader
-            .acl_policy_by_name(name)
-            .await
-            .map_err(BootstrapError::consul("read an ACL policy"))?;
-        match existing {
-            None => {
-                writer
-                    .acl_policy_ensure(name, &versioned(description), &rules)
-                    .await
-                    .map_err(BootstrapError::consul("create an ACL policy"))?;
-                changed.push(name);
-            }
-            Some(p) if p.rules.trim() == rules.trim() => {}
-            Some(p) => {
-                if version_of(&p.description).is_some_and(|theirs| theirs > ours) {
-                    log::info!(
-                        "ACL policy {name} holds a newer agent's rules ({}); leaving them",
-                        p.description
-                    );
-                    continue;
-                }
-                writer
-                    .acl_policy_update(&p.id, name, &versioned(description), &rules)
-                    .await
-                    .map_err(BootstrapError::consul("update an ACL policy"))?;
-                log::info!("ACL policy {name}: rules brought to kraken-agent {AGENT_VERSION}'s");
-                changed.push(name);
-            }
+        if ensure_one(reader, writer, name, description, &rules).await? {
+            changed.push(name);
         }
     }
     Ok(changed)
+}
+
+/// [`ensure`] for one policy: created when missing, its rules brought to
+/// this agent's unless a newer agent wrote them. Returns whether it
+/// created or updated it.
+pub async fn ensure_one(
+    reader: &Consul,
+    writer: &Consul,
+    name: &str,
+    description: &str,
+    rules: &str,
+) -> Result<bool, BootstrapError> {
+    let ours = parse_version(AGENT_VERSION).unwrap_or_default();
+    let existing = reader
+        .acl_policy_by_name(name)
+        .await
+        .map_err(BootstrapError::consul("read an ACL policy"))?;
+    match existing {
+        None => {
+            writer
+                .acl_policy_ensure(name, &versioned(description), rules)
+                .await
+                .map_err(BootstrapError::consul("create an ACL policy"))?;
+            Ok(true)
+        }
+        Some(p) if p.rules.trim() == rules.trim() => Ok(false),
+        Some(p) => {
+            if version_of(&p.description).is_some_and(|theirs| theirs > ours) {
+                log::info!(
+                    "ACL policy {name} holds a newer agent's rules ({}); leaving them",
+                    p.description
+                );
+                return Ok(false);
+            }
+            writer
+                .acl_policy_update(&p.id, name, &versioned(description), rules)
+                .await
+                .map_err(BootstrapError::consul("update an ACL policy"))?;
+            log::info!("ACL policy {name}: rules brought to kraken-agent {AGENT_VERSION}'s");
+            Ok(true)
+        }
+    }
 }

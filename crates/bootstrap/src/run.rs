@@ -302,6 +302,11 @@ impl Bootstrap<'_> {
                 .nomad_token(names::NOMAD_DRAIN, NOMAD_DRAIN_POLICY)
                 .await
                 .map(|()| None),
+            Step::NomadWorkloadIdentity => {
+                let done = self.workload_identity().await?;
+                log::info!("workload identity to Consul: {done:?}");
+                Ok(None)
+            }
         }
     }
 

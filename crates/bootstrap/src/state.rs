@@ -31,6 +31,7 @@ pub enum Step {
     NomadAclBootstrap,
     NomadAgentToken,
     NomadDrainToken,
+    NomadWorkloadIdentity,
 }
 
 impl Step {
@@ -45,6 +46,7 @@ impl Step {
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,
         Step::NomadDrainToken,
+        Step::NomadWorkloadIdentity,
     ];
 
     /// As recorded in Consul: renaming one makes every cluster redo it.
@@ -60,12 +62,16 @@ impl Step {
             Step::NomadAclBootstrap => "nomad-acl-bootstrap",
             Step::NomadAgentToken => "nomad-token-agent",
             Step::NomadDrainToken => "nomad-token-drain",
+            Step::NomadWorkloadIdentity => "nomad-workload-identity",
         }
     }
 
     pub fn phase(self) -> Phase {
         match self {
-            Step::NomadAclBootstrap | Step::NomadAgentToken | Step::NomadDrainToken => Phase::Nomad,
+            Step::NomadAclBootstrap
+            | Step::NomadAgentToken
+            | Step::NomadDrainToken
+            | Step::NomadWorkloadIdentity => Phase::Nomad,
             _ => Phase::Consul,
         }
     }

@@ -56,6 +56,7 @@ fn steps_run_in_their_declared_order_consul_before_nomad() {
             Phase::Consul,
             Phase::Nomad,
             Phase::Nomad,
+            Phase::Nomad,
             Phase::Nomad
         ]
     );
@@ -82,6 +83,7 @@ fn step_names_are_the_ones_recorded_in_consul() {
             "nomad-acl-bootstrap",
             "nomad-token-agent",
             "nomad-token-drain",
+            "nomad-workload-identity",
         ]
     );
 }
@@ -118,10 +120,20 @@ fn a_phase_is_done_when_all_of_its_steps_are() {
     // phase to finish: the next holder makes only that token.
     let older = state_with(&[Step::NomadAclBootstrap, Step::NomadAgentToken]);
     assert!(!older.phase_done(Phase::Nomad));
+    let before_wi = state_with(&[
+        Step::NomadAclBootstrap,
+        Step::NomadAgentToken,
+        Step::NomadDrainToken,
+    ]);
+    assert!(
+        !before_wi.phase_done(Phase::Nomad),
+        "workload identity to do"
+    );
     let nomad = state_with(&[
         Step::NomadAclBootstrap,
         Step::NomadAgentToken,
         Step::NomadDrainToken,
+        Step::NomadWorkloadIdentity,
     ]);
     assert!(nomad.phase_done(Phase::Nomad));
     assert!(!nomad.phase_done(Phase::Consul));

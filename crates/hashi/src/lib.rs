@@ -13,9 +13,11 @@ mod tests;
 
 pub use autopilot::{AutopilotHealth, AutopilotServer};
 pub use consul::acl::{ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, PolicyLink};
+pub use consul::auth::{AclRole, AuthMethod, BindingRule};
 pub use consul::{Consul, ConsulMember, HealthCheck, KvPair, SessionBehavior};
 pub use http::{ClientTls, HashiError, Token};
 pub use nomad::acl::{NomadBootstrap, NomadToken};
 pub use nomad::leave::{NodeDrain, RaftServer};
+pub use nomad::namespaces::{Jwk, NomadNamespace};
 pub use nomad::{Nomad, NomadMember, NomadNode};
 pub use served::{TlsPort, served_certificate};

@@ -14,6 +14,7 @@ use crate::paths::PathSettings;
 use crate::secrets::SecretSettings;
 use crate::services::{ConsulSettings, DockerSettings, NomadSettings, StartSettings};
 use crate::snapshots::SnapshotSettings;
+use crate::teams::TeamSettings;
 
 /// `/etc/kraken/agent.toml`: how this site runs the stack. Every key is
 /// optional; unknown keys are an error (a misspelt key silently ignored is
@@ -36,6 +37,8 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     pub snapshots: SnapshotSettings,
     pub metrics: MetricsSettings,
+    /// `[teams.<name>]`, by team name.
+    pub teams: std::collections::BTreeMap<String, TeamSettings>,
 }
 
 pub const DEFAULT_SETTINGS_PATH: &str = "/etc/kraken/agent.toml";
@@ -107,6 +110,7 @@ impl Settings {
         self.tls.validate()?;
         self.snapshots.validate()?;
         self.metrics.validate()?;
+        crate::teams::validate(&self.teams)?;
         Ok(())
     }
 }
@@ -181,6 +185,25 @@ mod tests {
         assert!(err.contains("snapshots.retention = 0"), "{err}");
         let err = Settings::parse("[tls]\nrenew_fraction = 1.5\n").unwrap_err();
         assert!(err.contains("tls.renew_fraction"), "{err}");
+        let err = Settings::parse("[teams.Web]\nenvironments = [\"prod\"]\n").unwrap_err();
+        assert!(err.contains("teams.\"Web\""), "{err}");
+        let err = Settings::parse("[teams.web]\nenvironments = []\n").unwrap_err();
+        assert!(err.contains("teams.web.environments = []"), "{err}");
+        let err = Settings::parse("[teams.web]\nenvironments = [\"prod\", \"-x\"]\n").unwrap_err();
+        assert!(err.contains("teams.web.environments[1] = \"-x\""), "{err}");
+        let err = Settings::parse(
+            "[teams.a-b]\nenvironments = [\"c\"]\n[teams.a]\nenvironments = [\"b-c\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("namespace \"a-b-c\""), "{err}");
+        let ok = Settings::parse("[teams.web]\nenvironments = [\"prod\", \"staging\"]\n").unwrap();
+        assert_eq!(
+            crate::teams::environments(&ok.teams)
+                .iter()
+                .map(|t| t.namespace())
+                .collect::<Vec<_>>(),
+            ["web-prod", "web-staging"]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod paths;
 mod secrets;
 mod services;
 mod snapshots;
+mod teams;
 
 pub use cloud::{AwsSettingsFile, DiscoverySettings, ImdsSettingsFile};
 pub use cluster::{BootstrapSettings, TlsSettings};
@@ -33,3 +34,4 @@ pub use secrets::{
 };
 pub use services::{ConsulSettings, DockerLogDriver, DockerSettings, NomadSettings, StartSettings};
 pub use snapshots::SnapshotSettings;
+pub use teams::{TEAM_NAME_FORM, TeamEnvironment, TeamSettings, environments as team_environments};

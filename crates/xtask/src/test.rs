@@ -84,8 +84,10 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    // The instance's life on a running cluster (docs/testing.md): an
-    // instance refresh of every server then every client, one more client,
+    // Tasks kept from the node's credentials (raw_exec, exec, Docker with
+    // the host's network, each refused IMDS, the token files, the TLS keys
+    // and SSM), then the instance's life on a running cluster
+    // (docs/testing.md): an instance refresh of every server then every client, one more client,
     // a spot interruption of a client that runs the web service, a client
     // through the warm pool into service, then a power-off with no hook of
     // another that runs the web service; each under load that must not
@@ -93,8 +95,9 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // (the roll makes client3 and client4, launch client5, warm client6).
     // Then every server lost at once and replaced (the clients survive),
     // and the whole cluster lost and booted anew from a snapshot.
-    let lifecycle: [&[&str]; 10] = [
+    let lifecycle: [&[&str]; 11] = [
         &["up"],
+        &["escape"],
         &["roll", "--group", "all"],
         &["launch", "client"],
         &["terminate", "client3", "--spot"],

@@ -40,6 +40,10 @@ commands:
                      on the running cluster: every server destroyed at once with
                      its data and replaced at once; the cluster must recover
                      and every client's tokens work (JSON on stdout)
+  cluster escape     on the running cluster: raw_exec, exec and Docker tasks on
+                     a client try IMDS, the node's token files and TLS keys,
+                     and SSM; every attempt must be refused and the agent
+                     still reach IMDS (JSON on stdout)
   cluster restore    on the running cluster: a snapshot saved, every VM
                      destroyed (moto's store and bucket stay), a new cluster
                      booted that restores it at its bootstrap; KV, ACL tokens,

@@ -113,7 +113,10 @@ refresh_secs = 15
 # Servers too (300 s by default): a replaced server's address reaches the
 # others' configs before the scenario's doctor compares them.
 server_refresh_secs = 15
-"#
+
+# The web job's team: deployed with its token, in its namespace.
+{team}"#,
+            team = crate::web::TEAM_TOML
         ),
         hosts: Vec::new(),
         extra_ca: None,
@@ -436,31 +439,43 @@ impl Cluster {
             .context("no such server is running")
     }
 
-    /// Submits jobs/web.nomad.hcl through a Nomad server.
+    /// Submits jobs/web.nomad.hcl through a Nomad server, in its team's
+    /// namespace with its team's token from the secret store (the
+    /// management token is not used).
     pub async fn deploy_web(&self) -> Result<()> {
         let tokens = self.tokens().await?;
+        let team = tokens.all.get(web::TEAM_TOKEN).with_context(|| {
+            format!(
+                "the secret store has no {} yet: the Nomad leader's agent makes it",
+                web::TEAM_TOKEN
+            )
+        })?;
         let nomad = self.first_address(Group::is_nomad_server)?;
         let hcl = fs::read_to_string(&self.paths.web_job)
             .with_context(|| format!("reading {}", self.paths.web_job.display()))?;
-        let header = ("X-Nomad-Token", tokens.nomad.as_str());
-        let job = self
+        let header = ("X-Nomad-Token", team.as_str());
+        let ns = web::NAMESPACE;
+        let mut job = self
             .api
             .send_json(
                 reqwest::Method::POST,
-                &api::nomad_url(&nomad, "/v1/jobs/parse"),
+                &api::nomad_url(&nomad, &format!("/v1/jobs/parse?namespace={ns}")),
                 header,
                 &serde_json::json!({ "JobHCL": hcl, "Canonicalize": true }),
             )
             .await?;
+        job["Namespace"] = serde_json::json!(ns);
         self.api
             .send_json(
                 reqwest::Method::POST,
-                &api::nomad_url(&nomad, "/v1/jobs"),
+                &api::nomad_url(&nomad, &format!("/v1/jobs?namespace={ns}")),
                 header,
                 &serde_json::json!({ "Job": job }),
             )
             .await?;
-        self.log("submitted job web");
+        self.log(format!(
+            "submitted job web in namespace {ns} with team web's token"
+        ));
         Ok(())
     }
 

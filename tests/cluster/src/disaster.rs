@@ -238,7 +238,13 @@ async fn web_again(cluster: &Cluster) -> Result<bool> {
         .context("no Nomad server is running")?;
     let (status, _) = cluster
         .api
-        .get(&nomad_url(&nomad, "/v1/job/web"), tokens.nomad_header())
+        .get(
+            &nomad_url(
+                &nomad,
+                &format!("/v1/job/web?namespace={}", crate::web::NAMESPACE),
+            ),
+            tokens.nomad_header(),
+        )
         .await?;
     let again = status == 404;
     if again {

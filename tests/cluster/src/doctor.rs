@@ -63,12 +63,39 @@ struct Finding {
     next: String,
 }
 
+/// A command inside a VM as root logged in runs it: in `user.slice`, the
+/// cgroup the node's IMDS guard lets root reach instance metadata from
+/// (docs/iam.md). nsenter alone would leave it in this harness's cgroup,
+/// outside the VM's tree.
+fn logged_in(vm: &Vm, args: &[&str]) -> Result<std::process::Output> {
+    let init = vm.init_pid().context("VM not running")?.to_string();
+    Ok(std::process::Command::new("nsenter")
+        .args(["-t", &init, "-a", "--"])
+        .args(["systemd-run", "--quiet", "--wait", "--pipe", "--collect"])
+        .args(["--slice=user.slice", "--"])
+        .args(args)
+        .output()?)
+}
+
+/// [`logged_in`]'s stdout; an error with its stderr when it fails.
+pub fn as_logged_in(vm: &Vm, args: &[&str]) -> Result<String> {
+    let out = logged_in(vm, args)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if stdout.is_empty() && !out.status.success() {
+        bail!(
+            "{} on {}: {}: {}",
+            args.join(" "),
+            vm.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout)
+}
+
 /// `kraken-agent doctor --json` inside a VM: its exit status and each check.
 fn doctor(vm: &Vm) -> Result<(i32, BTreeMap<String, Finding>)> {
-    let init = vm.init_pid().context("VM not running")?.to_string();
-    let out = std::process::Command::new("nsenter")
-        .args(["-t", &init, "-a", "--", "kraken-agent", "doctor", "--json"])
-        .output()?;
+    let out = logged_in(vm, &["kraken-agent", "doctor", "--json"])?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{}: doctor printed no JSON: {}",

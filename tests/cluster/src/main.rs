@@ -16,6 +16,7 @@ mod cluster;
 mod disaster;
 mod doctor;
 mod ec2proxy;
+mod escape;
 mod faults;
 mod host;
 mod journals;
@@ -143,6 +144,10 @@ enum Command {
     /// data, and as many new ones launched at once: the cluster must
     /// recover and every client's tokens work.
     LoseServers,
+    /// Tasks of every driver on a client of the running cluster try to
+    /// reach the node's credentials (IMDS, token files, TLS keys, SSM):
+    /// every attempt must be refused, and the agent must still reach IMDS.
+    Escape,
     /// A snapshot taken on the running cluster, every VM destroyed, and a
     /// new cluster booted that restores it at its bootstrap; leaves the
     /// new cluster running.
@@ -257,6 +262,8 @@ fn main() -> ExitCode {
                 })
             }))
         }),
+        Command::Escape => host::enter_hub()
+            .and_then(|()| block_on(json_verb(cli.paths, |c| Box::pin(escape::escape(c))))),
         Command::Restore => host::enter_hub().and_then(|()| {
             block_on(json_verb(cli.paths, |c| {
                 Box::pin(async move {

@@ -8,6 +8,15 @@ use serde_json::Value;
 
 use crate::api::{Api, Tokens, consul_url, nomad_url};
 
+/// The web job's team and environment in the cluster's agent.toml
+/// (`[teams.web]`): it runs in that namespace, deployed with that team's
+/// token (docs/teams.md), never the management token.
+pub const TEAM_TOML: &str = "[teams.web]\nenvironments = [\"prod\"]\n";
+/// The web job's Nomad namespace: every read of the job names it.
+pub const NAMESPACE: &str = "web-prod";
+/// Where the bootstrap stores the team's token.
+pub const TEAM_TOKEN: &str = "teams/web/prod/nomad-token";
+
 /// One answer of the web service.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WebAnswer {
@@ -77,7 +86,10 @@ pub async fn web(
     }
     let allocs = api
         .get_ok(
-            &nomad_url(nomad_server, "/v1/job/web/allocations"),
+            &nomad_url(
+                nomad_server,
+                &format!("/v1/job/web/allocations?namespace={NAMESPACE}"),
+            ),
             tokens.nomad_header(),
         )
         .await?;

@@ -15,10 +15,13 @@ impl TestDir {
             .prefix(&format!("kraken-{prefix}-"))
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
-        TestDir {
-            path: dir.keep(),
-            keep: false,
-        }
+        let path = dir.keep();
+        // 0711, as a node's Nomad data directory: a task that runs as an
+        // unprivileged user (the clients refuse root) passes through to its
+        // allocation directory, and cannot list anything.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+        TestDir { path, keep: false }
     }
 
     pub fn path(&self) -> &Path {

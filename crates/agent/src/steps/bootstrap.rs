@@ -81,13 +81,16 @@ pub async fn consul_phase(
 }
 
 /// The Nomad phase, on Nomad servers (with their Consul token, which the
-/// Consul phase made): Nomad's ACL bootstrap and the agent's Nomad token.
-/// With `snapshots.restore_at_bootstrap`, a fresh Nomad is first
+/// Consul phase made): Nomad's ACL bootstrap, the agent's Nomad tokens,
+/// workload identity in Consul; then, on the Nomad leader, the teams. With `snapshots.restore_at_bootstrap`, a fresh Nomad is first
 /// ACL-bootstrapped and restored from its newest snapshot.
+// The node's address tells the Nomad leader's agent (teams) from the others.
+#[allow(clippy::too_many_arguments)]
 pub async fn nomad_phase(
     settings: &Settings,
     spec: &NodeSpec,
     node: &str,
+    own_ip: std::net::Ipv4Addr,
     store: &Store,
     secrets: &RenderSecrets,
     sdk: &aws_config::SdkConfig,
@@ -103,6 +106,15 @@ pub async fn nomad_phase(
     let b = participant(settings, spec, node, store, consul, true)?;
     let report = b.run(Phase::Nomad).await?;
     crate::metrics::bootstrap("nomad", &report);
+    // The teams at once on the leader (the watch loop's upkeep keeps them):
+    // a team's first deployment need not wait for a token check.
+    // A failure here is the upkeep's to retry, not the boot's.
+    status("bootstrap: teams' Nomad namespaces and tokens");
+    match nomad_upkeep(settings, spec, node, own_ip, store, secrets).await {
+        Ok(Some((_, teams))) => log::info!("teams: {:?}", teams.namespaces),
+        Ok(None) => {}
+        Err(e) => log::warn!("teams and workload identity upkeep: {e}; the watch loop retries"),
+    }
     Ok(Some(report))
 }
 
@@ -188,4 +200,52 @@ pub async fn wait_for_nomad_servers(
         spec.cluster,
         deadlines.leader.as_secs()
     );
+}
+
+/// Nomad's side of the upkeep, on the Nomad leader's agent (one writer a
+/// round; another server takes over with the leadership): Consul's
+/// workload identity setup brought to Nomad's keys and namespaces now
+/// (`Bootstrap::workload_identity`), and every team's namespace, policy
+/// and token (`Bootstrap::teams`), so a root key rotation, a new
+/// namespace or a new team needs no re-bootstrap. `None` on other nodes
+/// and before the Nomad phase is done.
+pub async fn nomad_upkeep(
+    settings: &Settings,
+    spec: &NodeSpec,
+    node: &str,
+    own_ip: std::net::Ipv4Addr,
+    store: &Store,
+    secrets: &RenderSecrets,
+) -> Result<Option<(kraken_bootstrap::Workload, kraken_bootstrap::Teams)>, BootError> {
+    if !spec.has(Role::NomadServer) {
+        return Ok(None);
+    }
+    let Some(consul_token) = token(secrets.nomad_consul.as_ref()) else {
+        return Ok(None);
+    };
+    let leader = clients::nomad(settings, None)?
+        .leader()
+        .await
+        .map_err(BootError::hashi("ask Nomad for its leader"))?;
+    let leads = leader
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| a.ip() == std::net::IpAddr::V4(own_ip));
+    if !leads {
+        return Ok(None);
+    }
+    let consul = clients::consul(settings, Some(consul_token))?;
+    let b = participant(settings, spec, node, store, consul, true)?;
+    let (state, _) = b.read_state().await?;
+    if !state.phase_done(Phase::Nomad) {
+        return Ok(None);
+    }
+    // Teams first: their namespaces then get their Consul roles in the
+    // same round.
+    let teams: Vec<(String, String)> = kraken_settings::team_environments(&settings.teams)
+        .into_iter()
+        .map(|t| (t.team, t.environment))
+        .collect();
+    let teams = b.teams(&teams).await?;
+    let workload = b.workload_identity().await?;
+    Ok(Some((workload, teams)))
 }

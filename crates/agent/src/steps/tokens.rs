@@ -115,6 +115,8 @@ pub fn check_names(spec: &NodeSpec) -> Vec<&'static str> {
     }
     if spec.has(Role::NomadServer) {
         names.push(names::NOMAD_AGENT);
+        // The Nomad leader's upkeep (workload identity, teams).
+        names.push(names::NOMAD_MANAGEMENT);
     }
     if spec.has(Role::ConsulServer) {
         names.extend(kraken_bootstrap::ROLE_TOKENS.map(|(name, _, _)| name));

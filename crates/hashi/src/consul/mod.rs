@@ -8,6 +8,7 @@ use crate::autopilot::AutopilotHealth;
 use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 pub(crate) mod acl;
+pub(crate) mod auth;
 
 /// A Consul agent's HTTP API.
 #[derive(Debug, Clone)]

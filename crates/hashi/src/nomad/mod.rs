@@ -6,6 +6,7 @@ use crate::http::{ClientTls, DEFAULT_TIMEOUT, HashiError, Http, Token};
 
 pub(crate) mod acl;
 pub(crate) mod leave;
+pub(crate) mod namespaces;
 
 /// A Nomad agent's HTTP API.
 #[derive(Debug, Clone)]

@@ -102,6 +102,7 @@ impl Agent {
             &settings,
             &spec,
             &identity.instance_id,
+            identity.private_ipv4,
             &store,
             &self.secrets,
             &sdk,

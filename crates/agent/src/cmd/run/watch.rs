@@ -64,6 +64,7 @@ impl Agent {
                     }
                 }
                 self.upkeep(&node, &store).await;
+                self.nomad_upkeep(&node, &store).await;
                 self.autopilot(&node).await;
                 match self.refresh_tokens(&node, &store).await {
                     Ok(true) => {
@@ -173,6 +174,29 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => log::warn!("token check failed, trying again later: {e}"),
+        }
+    }
+
+    /// On the Nomad leader: teams, and workload identity to Consul (keys,
+    /// namespaces).
+    /// A failure is logged and tried at the next check.
+    async fn nomad_upkeep(&mut self, node: &Converged, store: &kraken_secrets::Store) {
+        match bootstrap::nomad_upkeep(
+            &self.settings,
+            &node.spec,
+            &node.identity.instance_id,
+            node.identity.private_ipv4,
+            store,
+            &self.secrets,
+        )
+        .await
+        {
+            Ok(Some((workload, teams))) if workload.changed() => {
+                log::info!("Nomad upkeep: {workload:?}, teams {:?}", teams.namespaces);
+                self.record("nomad-upkeep", &workload);
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("Nomad upkeep failed, trying again later: {e}"),
         }
     }
 

@@ -43,6 +43,18 @@ plugin "docker" {
   }
 }
 
+# exec and raw_exec tasks never run as root (uid or gid 0): the node's
+# tokens, keys and certificates are root's or the services' files, and file
+# modes protect them only from other users (docs/iam.md). exec runs as
+# nobody unless a task says `user`; raw_exec as Nomad's own user (root)
+# unless it does, so a raw_exec task must set `user`.
+plugin "exec" {
+  config {
+    denied_host_uids = "0"
+    denied_host_gids = "0"
+  }
+}
+
 # The cluster PKI (docs/pki.md): HTTPS and RPC with certificates both ways;
 # servers must prove they are server.<region>.nomad.
 tls {

@@ -58,6 +58,20 @@ consul {
   verify_ssl   = true
   grpc_address = "127.0.0.1:8503"
   ca_file      = "/etc/consul.d/tls/ca.pem"
+
+  # Workload identity (docs/workload-identity.md): every Consul service and
+  # every task with a consul block gets an identity for Consul, which the
+  # client exchanges at the nomad-workloads auth method for the workload's
+  # own Consul token. Jobs carry no Consul token.
+  service_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+
+  task_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
 }
 
 # Prometheus metrics at /v1/metrics?format=prometheus. Nomad asks no ACL

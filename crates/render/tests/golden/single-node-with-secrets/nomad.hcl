@@ -64,6 +64,18 @@ plugin "docker" {
   }
 }
 
+# exec and raw_exec tasks never run as root (uid or gid 0): the node's
+# tokens, keys and certificates are root's or the services' files, and file
+# modes protect them only from other users (docs/iam.md). exec runs as
+# nobody unless a task says `user`; raw_exec as Nomad's own user (root)
+# unless it does, so a raw_exec task must set `user`.
+plugin "exec" {
+  config {
+    denied_host_uids = "0"
+    denied_host_gids = "0"
+  }
+}
+
 # The cluster PKI (docs/pki.md): HTTPS and RPC with certificates both ways;
 # servers must prove they are server.<region>.nomad.
 tls {
@@ -87,6 +99,20 @@ consul {
   verify_ssl   = true
   grpc_address = "127.0.0.1:8503"
   ca_file      = "/etc/consul.d/tls/ca.pem"
+
+  # Workload identity (docs/workload-identity.md): every Consul service and
+  # every task with a consul block gets an identity for Consul, which the
+  # client exchanges at the nomad-workloads auth method for the workload's
+  # own Consul token. Jobs carry no Consul token.
+  service_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+
+  task_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
 }
 
 # Prometheus metrics at /v1/metrics?format=prometheus. Nomad asks no ACL
