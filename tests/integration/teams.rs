@@ -19,7 +19,7 @@ fn batch_job(name: &str, namespace: &str) -> Value {
         "TaskGroups": [{
             "Name": "g", "Count": 1,
             "Tasks": [{
-                "Name": "t", "Driver": "raw_exec",
+                "Name": "t", "Driver": "raw_exec", "User": "nobody",
                 "Config": { "command": "/bin/true" },
                 "Resources": { "CPU": 20, "MemoryMB": 16 },
             }],

@@ -32,7 +32,7 @@ fn kv_job(name: &str, key: &str) -> Value {
                 }],
             }],
             "Tasks": [{
-                "Name": "t", "Driver": "raw_exec",
+                "Name": "t", "Driver": "raw_exec", "User": "nobody",
                 "Consul": {},
                 "Config": {
                     "command": "/usr/bin/env",

@@ -35,7 +35,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
         Step::ConsulPolicies,
         Step::ConsulAgentToken,
         Step::ConsulNomadServerToken,

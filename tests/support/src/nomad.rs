@@ -129,6 +129,12 @@ impl NomadClient {
     pub async fn start_with_config(servers: &[SocketAddr], extra_hcl: &str) -> NomadClient {
         let ip = LoopbackAddrs::allocate(1)[0];
         let dir = TestDir::new("nomad-client");
+        // Made here, 0711 as an image's /opt/nomad: Nomad would make it 0700,
+        // and a task run as `nobody` could not reach its allocation.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("create the client's data dir");
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .expect("chmod the client's data dir");
         let name = format!("client-{ip}");
         let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
         let config = format!(

@@ -43,15 +43,16 @@ plugin "docker" {
   }
 }
 
-# exec and raw_exec tasks never run as root (uid or gid 0): the node's
-# tokens, keys and certificates are root's or the services' files, and file
-# modes protect them only from other users (docs/iam.md). exec runs as
-# nobody unless a task says `user`; raw_exec as Nomad's own user (root)
-# unless it does, so a raw_exec task must set `user`.
+# exec and raw_exec tasks never run as root (uid 0): the node's tokens, keys
+# and certificates are root's or the services' files, and file modes protect
+# them only from other users (docs/iam.md). exec runs as nobody unless a
+# task says `user`; raw_exec as Nomad's own user (root) unless it does, so a
+# raw_exec task must set `user`. No `denied_host_gids`: Nomad 1.11's check
+# lists a zero gid for every user (its validator pads the group list), so
+# gid 0 denied refuses every task.
 plugin "exec" {
   config {
     denied_host_uids = "0"
-    denied_host_gids = "0"
   }
 }
 
