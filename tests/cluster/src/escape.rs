@@ -172,7 +172,13 @@ fn task_env(cluster: &Cluster, vm: &Vm) -> Result<BTreeMap<&'static str, String>
         .get("AWS_ENDPOINT_URL")
         .cloned()
         .context("the cluster's user data has no AWS_ENDPOINT_URL")?;
-    let files = vm.exec(&["sh", "-c", &format!("find {NODE_DIRS} -type f 2>/dev/null")])?;
+    // A client has no /opt/nomad/server (find then exits 1): what none of
+    // the directories holds is caught just below.
+    let files = vm.exec(&[
+        "sh",
+        "-c",
+        &format!("find {NODE_DIRS} -type f 2>/dev/null; true"),
+    ])?;
     let (mut keys, mut tokens) = (Vec::new(), Vec::new());
     for f in files.lines().filter(|f| !f.contains("/alloc/")) {
         let name = f.rsplit('/').next().unwrap_or(f);
@@ -283,6 +289,7 @@ struct Alloc {
     status: String,
     events: Vec<String>,
     stdout: String,
+    stderr: String,
 }
 
 /// Submits the job, waits for its allocation to end, reads its stdout from
@@ -329,11 +336,17 @@ async fn run_job(
         .filter(|m| !m.is_empty())
         .map(str::to_owned)
         .collect();
-    let stdout = client
-        .read(&format!(
-            "{NOMAD_DATA}/alloc/{alloc_id}/alloc/logs/t.stdout.0"
-        ))
-        .unwrap_or_default();
+    // Nomad's log collector writes the file after the task ends: a
+    // complete allocation's output may take a moment to be all there.
+    let path = format!("{NOMAD_DATA}/alloc/{alloc_id}/alloc/logs/t.stdout.0");
+    let read_until = Instant::now() + Duration::from_secs(15);
+    let stdout = loop {
+        let out = client.read(&path).unwrap_or_default();
+        if out.contains("KRAKEN-ESCAPE-DONE") || Instant::now() > read_until {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let _ = cluster
         .api
         .send_json(
@@ -350,6 +363,9 @@ async fn run_job(
             .to_owned(),
         events,
         stdout,
+        stderr: client
+            .read(&path.replace("t.stdout.0", "t.stderr.0"))
+            .unwrap_or_default(),
     })
 }
 
@@ -375,8 +391,13 @@ fn judge(driver: &str, alloc: &Alloc, failures: &mut Vec<String>) -> Value {
     let done = alloc.stdout.contains("KRAKEN-ESCAPE-DONE");
     if !done || attempts.is_empty() {
         failures.push(format!(
-            "{driver}: the task did not finish its attempts (status {}, events {:?})",
-            alloc.status, alloc.events
+            "{driver}: the task did not finish its attempts (status {}, events {:?}, \
+             stdout {} bytes ending {:?}, stderr ending {:?})",
+            alloc.status,
+            alloc.events,
+            alloc.stdout.len(),
+            alloc.stdout.lines().rev().take(3).collect::<Vec<_>>(),
+            alloc.stderr.lines().rev().take(3).collect::<Vec<_>>()
         ));
     }
     json!({ "status": alloc.status, "task_user": id, "attempts": attempts,
@@ -386,12 +407,16 @@ fn judge(driver: &str, alloc: &Alloc, failures: &mut Vec<String>) -> Value {
 /// The agent restarted must converge again (IMDS at its start), and root
 /// logged in must pass doctor's `imds` check.
 async fn agent_reaches_imds(cluster: &Cluster, vm: &Vm, failures: &mut Vec<String>) -> Value {
+    let before = vm.agent_status().map(|s| s.pid);
     let restarted = Instant::now();
     let _ = vm.exec(&["systemctl", "restart", "--no-block", "kraken-agent.service"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut ready_after = None;
     while restarted.elapsed() < Duration::from_secs(180) {
-        if vm.agent_status().is_some_and(|s| s.phase == "ready")
+        // Converged again: the new process's status, not the old one's.
+        if vm
+            .agent_status()
+            .is_some_and(|s| s.phase == "converged" && Some(s.pid) != before)
             && vm
                 .exec(&["systemctl", "is-active", "kraken-agent.service"])
                 .is_ok_and(|s| s.trim() == "active")

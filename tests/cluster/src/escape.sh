@@ -96,3 +96,6 @@ else
     -d "{\"Name\":\"$SSM_NAME\",\"WithDecryption\":true}" "$SSM/" || true
 fi
 printf 'KRAKEN-ESCAPE-DONE\n'
+# Nomad's log collector loses the output of a task that ends within about a
+# second of starting (seen with raw_exec in the VMs): stay a moment.
+sleep 3

@@ -136,7 +136,12 @@ impl Launch<'_> {
                 "--register=no",
                 "--keep-unit",
                 &format!("--network-namespace-path=/run/netns/{netns}"),
-                "--capability=CAP_NET_ADMIN",
+                // runc gives each container a session keyring and, on
+                // cgroup v2, a BPF device filter: nspawn's default filter
+                // and bounding set refuse both, and Docker would start no
+                // container.
+                "--capability=CAP_NET_ADMIN,CAP_BPF",
+                "--system-call-filter=@keyring bpf",
                 // Docker's data root is a disk of the VM's own, as the root
                 // volume is on EC2: doctor's disk check then reads the VM's
                 // use, not the build machine's, and Docker gets overlay2
