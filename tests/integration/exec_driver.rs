@@ -43,8 +43,9 @@ struct NodeFile {
 }
 
 /// Owners and modes as the agent writes them: Consul's files are
-/// `consul:consul` 0640, Nomad's `root:root` 0640 (`[nomad] group`
-/// defaults to root), the secret store's 0600 root.
+/// `consul:consul` 0640, Nomad's `root:root` 0600 (`[nomad] group`
+/// defaults to root, and `kraken_render::private_mode` keeps group root
+/// out), the secret store's 0600 root.
 const NODE_FILES: &[NodeFile] = &[
     NodeFile {
         in_task: "/etc/consul.d/consul.hcl",
@@ -64,14 +65,14 @@ const NODE_FILES: &[NodeFile] = &[
         in_task: "/etc/nomad.d/nomad.hcl",
         local: "nomad.d/nomad.hcl",
         owner: 0,
-        mode: 0o640,
+        mode: 0o600,
         secret: "nomad-consul-token-3b9e41",
     },
     NodeFile {
         in_task: "/etc/nomad.d/tls/nomad-key.pem",
         local: "nomad.d/tls/nomad-key.pem",
         owner: 0,
-        mode: 0o640,
+        mode: 0o600,
         secret: "nomad-private-key-c07d52",
     },
     NodeFile {
@@ -180,6 +181,11 @@ fn events(alloc: &Value) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_tasks_never_run_as_root_nor_read_the_nodes_credentials() {
     let started = Instant::now();
+    assert_eq!(
+        kraken_render::private_mode("root"),
+        0o600,
+        "NODE_FILES give Nomad's files the agent's mode"
+    );
     let node_dir = TestDir::new("exec-node");
     write_node_files(node_dir.path());
     let server = NomadServer::start().await;
