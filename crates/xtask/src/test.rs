@@ -90,12 +90,14 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // (docs/testing.md): an instance refresh of every server then every client, one more client,
     // a spot interruption of a client that runs the web service, a client
     // through the warm pool into service, then a power-off with no hook of
-    // another that runs the web service; each under load that must not
-    // fail. VM names: the group and a sequence number, gone ones counted
-    // (the roll makes client3 and client4, launch client5, warm client6).
+    // another that runs the web service, and of a server (which the others
+    // cannot spare: it goes down failed, and its replacement takes its
+    // place); each under load that must not fail. VM names: the group and a sequence number, gone ones counted
+    // (the roll makes server4 to server6, client3 and client4, launch
+    // client5, warm client6).
     // Then every server lost at once and replaced (the clients survive),
     // and the whole cluster lost and booted anew from a snapshot.
-    let lifecycle: [&[&str]; 11] = [
+    let lifecycle: [&[&str]; 12] = [
         &["up"],
         &["escape"],
         &["roll", "--group", "all"],
@@ -104,6 +106,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
         &["warm", "add", "client"],
         &["warm", "start", "client6"],
         &["terminate", "client4", "--poweroff"],
+        &["terminate", "server4", "--poweroff"],
         &["lose-servers"],
         &["restore"],
         &["down"],

@@ -31,7 +31,8 @@ commands:
   cluster terminate NODE [--spot|--poweroff]
                      scale-in of NODE through its terminating hook, a spot
                      interruption notice, or a power-off from inside with no
-                     lifecycle state (JSON on stdout)
+                     lifecycle state (a server is then replaced) (JSON on
+                     stdout)
   cluster warm add GROUP | warm start NODE
                      one instance of GROUP into its warm pool (it must join
                      nothing), or NODE put in service, timed to an eligible

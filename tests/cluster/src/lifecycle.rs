@@ -308,7 +308,7 @@ async fn terminate_vm(
     report: &mut Report,
 ) -> Result<()> {
     if how == Ending::PowerOff {
-        return power_off(cluster, name, report).await;
+        return crate::poweroff::power_off(cluster, fake, name, report).await;
     }
     let vm = cluster
         .vms
@@ -390,54 +390,6 @@ async fn terminate_vm(
     }
     cluster.kill(name).await?;
     Ok(())
-}
-
-/// `systemctl poweroff` inside the VM; then the cluster must show it gone
-/// cleanly: Consul's member `left` (not `failed`) and, for a client, no
-/// Nomad node (drained and purged). Its own account goes with its /run:
-/// the journal keeps it.
-async fn power_off(cluster: &mut Cluster, name: &str, report: &mut Report) -> Result<()> {
-    let tokens = cluster.tokens().await?;
-    cluster.log(format!(
-        "{name}: powering off from inside (no lifecycle state)"
-    ));
-    let vm = cluster.vm_mut(name)?;
-    let id = vm.instance_id.clone();
-    let started = Instant::now();
-    // kraken-leave.service's stop timeout, and a little more.
-    let clean = vm.shut_down(Duration::from_secs(450)).await;
-    report.hooks.push(HookReport {
-        instance: name.into(),
-        hook: "power-off".into(),
-        result: if clean { "shut down" } else { "cut" }.into(),
-        by: "kraken-leave.service".into(),
-        heartbeats: 0,
-        seconds: started.elapsed().as_secs_f64(),
-    });
-    if !clean {
-        report
-            .failures
-            .push(format!("{name}: did not shut down within 450 s"));
-    }
-    let member = consul_member_status(cluster, &tokens, &id).await;
-    if member != Some(3) {
-        report.failures.push(format!(
-            "{name}: Consul member status {member:?} after power-off; expected 3 (left)"
-        ));
-    }
-    if crate::warm::nomad_node(cluster, &tokens, &id)
-        .await
-        .is_some()
-    {
-        report.failures.push(format!(
-            "{name}: Nomad still lists node {id} after power-off (not purged)"
-        ));
-    }
-    report
-        .left
-        .push(serde_json::json!({ name: { "consul_member_status": member } }));
-    cluster.cloud.terminate(&id).await?;
-    cluster.save()
 }
 
 /// Serf's status of member `id` as a Consul server sees it (1 alive,

@@ -23,6 +23,7 @@ mod journals;
 mod lifecycle;
 mod monitor;
 mod policy;
+mod poweroff;
 mod restore;
 mod scenario;
 mod soak;

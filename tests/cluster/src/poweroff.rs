@@ -1,0 +1,180 @@
+//! `cluster terminate NODE --poweroff`: an instance powered off from
+//! inside, with no lifecycle state (stopped or terminated outside its
+//! group). `kraken-leave.service` is all that runs at its shutdown.
+//!
+//! A client must be gone cleanly: its Consul member `left`, its Nomad node
+//! drained and purged. A server must leave only if the others can spare
+//! it right now (docs/operations.md, "Power-off without a hook"): with
+//! three, they cannot, so it goes down a failed member while the other two
+//! keep both quorums. The group then replaces it, as an autoscaling group
+//! replaces an instance that stopped: the replacement's launching hook,
+//! and autopilot removes the dead server once the new one is a voter.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kraken_testkit::asg::{EndedBy, LifecycleFake};
+
+use crate::api::{consul_url, nomad_url};
+use crate::cluster::Cluster;
+use crate::lifecycle::{
+    HookReport, LAUNCHING, Report, asg_name, consul_member_status, hook_report, voter_failures,
+    voters,
+};
+
+/// Serf's member status of a node that left (1 alive, 3 left, 4 failed).
+const LEFT: i64 = 3;
+const FAILED: i64 = 4;
+/// How long autopilot may take to remove the dead server once its
+/// replacement is a voter (server stabilization 10 s, and a round).
+const CLEANUP: Duration = Duration::from_secs(120);
+
+/// `systemctl poweroff` inside the VM, then what the cluster must show.
+pub async fn power_off(
+    cluster: &mut Cluster,
+    fake: &LifecycleFake,
+    name: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let tokens = cluster.tokens().await?;
+    let vm = cluster.vm_mut(name)?;
+    let (id, group) = (vm.instance_id.clone(), vm.group.clone());
+    let server = cluster.group(&group)?.is_consul_server();
+    let servers = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+        .count();
+    cluster.log(format!(
+        "{name}: powering off from inside (no lifecycle state)"
+    ));
+    let started = Instant::now();
+    // kraken-leave.service's stop timeout, and a little more.
+    let clean = cluster
+        .vm_mut(name)?
+        .shut_down(Duration::from_secs(450))
+        .await;
+    report.hooks.push(HookReport {
+        instance: name.into(),
+        hook: "power-off".into(),
+        result: if clean { "shut down" } else { "cut" }.into(),
+        by: "kraken-leave.service".into(),
+        heartbeats: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    if !clean {
+        report
+            .failures
+            .push(format!("{name}: did not shut down within 450 s"));
+    }
+    let member = consul_member_status(cluster, &tokens, &id).await;
+    report
+        .left
+        .push(serde_json::json!({ name: { "consul_member_status": member } }));
+    cluster.cloud.terminate(&id).await?;
+    cluster.save()?;
+    if !server {
+        if member != Some(LEFT) {
+            report.failures.push(format!(
+                "{name}: Consul member status {member:?} after power-off; expected {LEFT} (left)"
+            ));
+        }
+        if crate::warm::nomad_node(cluster, &tokens, &id)
+            .await
+            .is_some()
+        {
+            report.failures.push(format!(
+                "{name}: Nomad still lists node {id} after power-off (not purged)"
+            ));
+        }
+        return Ok(());
+    }
+    // Raft's failure tolerance without it: (voters left - 1) / 2.
+    let spare = (servers - 2) / 2 >= 1;
+    let expected = if spare { LEFT } else { FAILED };
+    if member != Some(expected) {
+        report.failures.push(format!(
+            "{name}: Consul member status {member:?} after power-off of 1 of {servers} servers; \
+             expected {expected} ({})",
+            if spare {
+                "left"
+            } else {
+                "failed: the others could not spare it"
+            }
+        ));
+    }
+    let (consul, nomad) = leaders(cluster).await;
+    cluster.log(format!(
+        "{name}: down; Consul leader {consul:?}, Nomad leader {nomad:?} among the {} left",
+        servers - 1
+    ));
+    if consul.is_none() || nomad.is_none() {
+        report.failures.push(format!(
+            "{name}: without it, Consul leader {consul:?}, Nomad leader {nomad:?}: quorum lost"
+        ));
+    }
+    replace_server(cluster, fake, &group, name, report).await
+}
+
+/// The group's replacement for a server that went: launched through the
+/// launching hook (its agent completes it once the server is a healthy
+/// voter), then autopilot must leave exactly the running servers.
+async fn replace_server(
+    cluster: &mut Cluster,
+    fake: &LifecycleFake,
+    group: &str,
+    old: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let vm = cluster.launch(group, None).await?;
+    let (new, id) = (vm.name.clone(), vm.instance_id.clone());
+    cluster.log(format!("{new}: launched to replace {old}"));
+    fake.begin(&asg_name(group), LAUNCHING, &id).await?;
+    let outcome = fake.wait_outcome(&id, Duration::from_secs(600)).await;
+    if !outcome.as_ref().is_some_and(|o| o.by == EndedBy::Completed) {
+        report.failures.push(format!(
+            "{new}: the launching hook was not completed by its agent"
+        ));
+    }
+    report.hooks.push(hook_report(&new, outcome, LAUNCHING));
+    report.replaced.push((old.to_owned(), new.clone()));
+    let tokens = cluster.tokens().await?;
+    let started = Instant::now();
+    while started.elapsed() < CLEANUP {
+        if voter_failures(cluster, &voters(cluster, &tokens).await).is_empty() {
+            cluster.log(format!(
+                "{old}: removed by autopilot {:.1}s after {new}'s hook",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // `finish` reports what is still wrong.
+    Ok(())
+}
+
+/// The Consul and Nomad leaders as the running servers say (None: none
+/// answered with one).
+async fn leaders(cluster: &Cluster) -> (Option<String>, Option<String>) {
+    let Ok(tokens) = cluster.tokens().await else {
+        return (None, None);
+    };
+    let (mut consul, mut nomad) = (None, None);
+    for node in cluster.nodes() {
+        let a = &node.vm.address;
+        if consul.is_none() && node.group.is_consul_server() {
+            let url = consul_url(a, "/v1/status/leader");
+            if let Ok((200, l)) = cluster.api.get(&url, tokens.consul_header()).await {
+                consul = l.as_str().filter(|l| !l.is_empty()).map(str::to_owned);
+            }
+        }
+        if nomad.is_none() && node.group.is_nomad_server() {
+            let url = nomad_url(a, "/v1/status/leader");
+            if let Ok((200, l)) = cluster.api.get(&url, tokens.nomad_header()).await {
+                nomad = l.as_str().filter(|l| !l.is_empty()).map(str::to_owned);
+            }
+        }
+    }
+    (consul, nomad)
+}
