@@ -240,11 +240,14 @@ async fn driver_ready(
 
 /// An image of the VM's own bash, curl and libraries (no configs, no
 /// keys: only /usr/bin's tools and /usr/lib), imported into its Docker.
+/// `sleep` too: the script holds its task until the harness has read the
+/// report (without it the container exits 127 and Nomad may delete its
+/// allocation directory, report and all, at once).
 fn docker_image(vm: &Vm) -> Result<()> {
     let script = format!(
         "docker image inspect {IMAGE} >/dev/null 2>&1 && exit 0; \
          cd / && tar -c usr/bin/bash usr/bin/curl usr/bin/cat usr/bin/wc usr/bin/tr usr/bin/cut \
-         usr/bin/sed usr/bin/grep usr/bin/head usr/bin/id usr/lib/x86_64-linux-gnu usr/lib64 \
+         usr/bin/sed usr/bin/grep usr/bin/head usr/bin/id usr/bin/sleep usr/lib/x86_64-linux-gnu usr/lib64 \
          bin lib lib64 etc/ssl/certs 2>/dev/null | docker import - {IMAGE} >/dev/null"
     );
     vm.exec(&["sh", "-c", &script])
