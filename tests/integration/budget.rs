@@ -226,7 +226,10 @@ async fn two_hundred_agents_make_the_projected_calls() {
     assert_eq!(nodes.len(), 200);
     // Each client's own Consul token, as the Consul leader's agent stores
     // it once the client's Consul has joined (`steps::node_tokens`).
-    for n in nodes.iter().filter(|n| !n.spec.has(kraken_intent::Role::ConsulServer)) {
+    for n in nodes
+        .iter()
+        .filter(|n| !n.spec.has(kraken_intent::Role::ConsulServer))
+    {
         let store = moto_store(&moto.endpoint(), &format!("c{}", n.cluster), TEST_KEY).await;
         let name = names::consul_node_token(&n.name);
         store.create(&name, &Secret::random_token()).await.unwrap();

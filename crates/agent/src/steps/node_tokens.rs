@@ -92,10 +92,7 @@ impl Watch {
             departures.clear();
             return Ok(None);
         }
-        let writer = clients::consul(
-            &self.settings,
-            Some(Token::new(self.management.expose())),
-        )?;
+        let writer = clients::consul(&self.settings, Some(Token::new(self.management.expose())))?;
         let b = Bootstrap {
             consul: writer,
             nomad: None,

@@ -213,7 +213,10 @@ mod tests {
         state
             .tokens
             .insert(names::CONSUL_AGENT.into(), record("agent-1"));
-        assert!(!current(&server, &held, &state), "the Nomad one not recorded");
+        assert!(
+            !current(&server, &held, &state),
+            "the Nomad one not recorded"
+        );
         state
             .tokens
             .insert(names::CONSUL_NOMAD_CLIENT.into(), record("client-1"));
