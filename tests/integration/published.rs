@@ -51,6 +51,9 @@ async fn a_client_boots_from_the_published_list_and_past_a_stale_one() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    // What the stopped agent did for booting clients: their own Consul
+    // tokens.
+    let node_tokens = server.node_tokens_in_test().await;
     let [a, b, c, _] = server.ip.octets();
     let stale = Published {
         consul_servers: [std::net::Ipv4Addr::new(a, b, c, 200)].into(),
@@ -87,4 +90,5 @@ async fn a_client_boots_from_the_published_list_and_past_a_stale_one() {
         "published: a client READY {client_after:?} after its start with the list (0 \
          DescribeInstances), {misled_after:?} with a stale one (1)"
     );
+    node_tokens.abort();
 }

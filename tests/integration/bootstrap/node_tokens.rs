@@ -338,7 +338,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(deleted, [b.name.clone()]);
+    assert_eq!(deleted, std::slice::from_ref(&b.name));
     assert_eq!(
         c.consul(0, Some(b_token)).acl_token_self().await.unwrap(),
         None,

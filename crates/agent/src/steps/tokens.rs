@@ -1,5 +1,7 @@
 //! Step 7, second half: this node's own tokens, from the secret store into
-//! the configs.
+//! the configs. The Consul agent token is the Consul servers' shared one on
+//! Consul servers, and the node's own on every other node
+//! (`steps::node_tokens`).
 //!
 //! A role token's secret is stored before Consul knows the token (the
 //! bootstrap is write-ahead), and Nomad exits at start on a Consul token
