@@ -20,6 +20,9 @@ use kraken_settings::Settings;
 
 use crate::{BootError, clients, tuning};
 
+/// Failed rounds in a row after which the servers' token is read again.
+const REREAD_AFTER: u32 = 12;
+
 /// What the leader's watch needs, owned: it outlives the convergence.
 pub struct Watch {
     pub settings: Settings,
@@ -40,19 +43,29 @@ impl Watch {
         let period = Duration::from_secs(self.settings.bootstrap.node_token_secs.max(1));
         let mut departures = Departures::new();
         let mut reader: Option<Consul> = None;
+        let mut failures = 0u32;
         loop {
             if reader.is_none() {
                 reader = self.reader().await;
             }
             if let Some(r) = &reader {
                 match self.round(r, &mut departures).await {
-                    Ok(Some(done)) if done.changed() => log::info!("node tokens: {done:?}"),
-                    Ok(_) => {}
+                    Ok(done) => {
+                        failures = 0;
+                        if let Some(done) = done.filter(NodeTokens::changed) {
+                            log::info!("node tokens: {done:?}");
+                        }
+                    }
                     Err(e) => {
                         log::warn!("node tokens: {e}; trying again in {}s", period.as_secs());
+                        failures += 1;
                         // The servers' token may have been rotated: read
-                        // it again before the next round.
-                        reader = None;
+                        // it again after a minute of failures (not every
+                        // round: the store is SSM, Consul may just be
+                        // restarting).
+                        if failures % REREAD_AFTER == 0 {
+                            reader = None;
+                        }
                     }
                 }
             }
