@@ -66,7 +66,9 @@ ensure_user nomad
 # (consul:consul 0640).
 ensure_dir consul:consul 0750 /etc/consul.d
 # Nomad runs as root and its config carries its Consul token.
-ensure_dir root:root 0750 /etc/nomad.d
+# 0700: Nomad runs as root, and group root is no boundary on a client
+# (Nomad 1.11.1 gives tasks run as a `user` the supplementary group root).
+ensure_dir root:root 0700 /etc/nomad.d
 # Data directories (the rendered configs' data_dir).
 ensure_dir consul:consul 0750 /opt/consul
 # 0711: tasks that run as an unprivileged user (raw_exec with `user`) must

@@ -170,7 +170,7 @@ done
 chown consul:consul /etc/consul.d /opt/consul
 chmod 0750 /etc/consul.d /opt/consul
 chown root:root /etc/nomad.d /opt/nomad
-chmod 0750 /etc/nomad.d
+chmod 0700 /etc/nomad.d
 # 0711, as 10-users-and-dirs.sh says why: a task run as its `user` passes
 # through to its allocation directory.
 chmod 0711 /opt/nomad

@@ -10,6 +10,7 @@ mod boot;
 mod bootstrap;
 mod budget;
 mod doctor;
+mod exec_driver;
 mod follow;
 mod live_peers;
 mod metrics;

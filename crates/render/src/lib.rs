@@ -236,7 +236,7 @@ impl Renderer {
                     settings.paths.nomad_config_dir.join("nomad.hcl"),
                     &settings.nomad.user,
                     &settings.nomad.group,
-                    0o640,
+                    private_mode(&settings.nomad.group),
                 ),
                 Service::Docker if spec.runs_docker(&settings.docker) => (
                     settings.paths.docker_daemon_json.clone(),
@@ -299,4 +299,12 @@ fn registry(syntax: Syntax) -> Handlebars<'static> {
     });
     hb.register_helper("hcl-list", Box::new(escape::hcl_list_helper));
     hb
+}
+
+/// 0640, or 0600 when the group is root: Nomad 1.11.1 runs every task
+/// that sets `user` with root among its supplementary groups (its executor
+/// pads the group list with zeros), so on a client group root is no
+/// boundary (docs/iam.md).
+pub fn private_mode(group: &str) -> u32 {
+    if group == "root" { 0o600 } else { 0o640 }
 }

@@ -184,8 +184,10 @@ fn task_env(cluster: &Cluster, vm: &Vm) -> Result<BTreeMap<&'static str, String>
         let name = f.rsplit('/').next().unwrap_or(f);
         if name.contains("key") {
             keys.push(f.to_owned());
-        } else if !name.ends_with(".pem") && !name.ends_with(".crt") {
-            // Certificates are public; everything else may hold a secret.
+        } else if !name.ends_with(".pem") && !name.ends_with(".crt") && name != "agent.toml" {
+            // agent.toml holds settings, never a secret (those are in the
+            // secret store: docs/configuration.md); certificates are public.
+            // Everything else may hold a secret.
             tokens.push(f.to_owned());
         }
     }
@@ -293,11 +295,10 @@ struct Alloc {
     status: String,
     events: Vec<String>,
     stdout: String,
-    stderr: String,
 }
 
-/// Submits the job, waits for its allocation to end, reads its stdout from
-/// the client's disk and purges the job.
+/// Submits the job, reads its report from the client's disk (or waits for
+/// its allocation to end without one) and purges the job.
 async fn run_job(
     cluster: &Cluster,
     tokens: &Tokens,
@@ -312,8 +313,13 @@ async fn run_job(
         .api
         .send_json(reqwest::Method::POST, &url("/v1/jobs"), header, &spec)
         .await?;
+    // The task holds after its report (escape.sh): Nomad may collect a
+    // finished allocation's directory at once (its GC runs as soon as the
+    // disk is over 80 % full, as a build machine's often is), report and
+    // all. So the report is read while the task runs, or the allocation
+    // ended without one (a refused start).
     let deadline = Instant::now() + Duration::from_secs(180);
-    let alloc = loop {
+    let (alloc, stdout) = loop {
         let allocs = cluster
             .api
             .get_ok(
@@ -321,17 +327,23 @@ async fn run_job(
                 tokens.nomad_header(),
             )
             .await?;
-        if let Some(a) = allocs.as_array().and_then(|a| a.first())
-            && ["complete", "failed", "lost"].contains(&a["ClientStatus"].as_str().unwrap_or(""))
-        {
-            break a.clone();
+        if let Some(a) = allocs.as_array().and_then(|a| a.first()) {
+            let alloc_id = a["ID"].as_str().unwrap_or_default();
+            let report = client
+                .read(&format!("{NOMAD_DATA}/alloc/{alloc_id}/alloc/escape.out"))
+                .unwrap_or_default();
+            let status = a["ClientStatus"].as_str().unwrap_or("");
+            if report.contains("KRAKEN-ESCAPE-DONE")
+                || ["complete", "failed", "lost"].contains(&status)
+            {
+                break (a.clone(), report);
+            }
         }
         if Instant::now() > deadline {
-            bail!("job {id}: no finished allocation after 180 s: {allocs}");
+            bail!("job {id}: no report and no finished allocation after 180 s: {allocs}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let alloc_id = alloc["ID"].as_str().unwrap_or_default();
     let events = alloc["TaskStates"]["t"]["Events"]
         .as_array()
         .into_iter()
@@ -340,17 +352,6 @@ async fn run_job(
         .filter(|m| !m.is_empty())
         .map(str::to_owned)
         .collect();
-    // Nomad's log collector writes the file after the task ends: a
-    // complete allocation's output may take a moment to be all there.
-    let path = format!("{NOMAD_DATA}/alloc/{alloc_id}/alloc/logs/t.stdout.0");
-    let read_until = Instant::now() + Duration::from_secs(15);
-    let stdout = loop {
-        let out = client.read(&path).unwrap_or_default();
-        if out.contains("KRAKEN-ESCAPE-DONE") || Instant::now() > read_until {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
     let _ = cluster
         .api
         .send_json(
@@ -367,9 +368,6 @@ async fn run_job(
             .to_owned(),
         events,
         stdout,
-        stderr: client
-            .read(&path.replace("t.stdout.0", "t.stderr.0"))
-            .unwrap_or_default(),
     })
 }
 
@@ -396,12 +394,11 @@ fn judge(driver: &str, alloc: &Alloc, failures: &mut Vec<String>) -> Value {
     if !done || attempts.is_empty() {
         failures.push(format!(
             "{driver}: the task did not finish its attempts (status {}, events {:?}, \
-             stdout {} bytes ending {:?}, stderr ending {:?})",
+             report {} bytes ending {:?})",
             alloc.status,
             alloc.events,
             alloc.stdout.len(),
-            alloc.stdout.lines().rev().take(3).collect::<Vec<_>>(),
-            alloc.stderr.lines().rev().take(3).collect::<Vec<_>>()
+            alloc.stdout.lines().rev().take(3).collect::<Vec<_>>()
         ));
     }
     json!({ "status": alloc.status, "task_user": id, "attempts": attempts,

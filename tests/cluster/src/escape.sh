@@ -8,6 +8,10 @@
 # Its environment (the job's): IMDS, SSM, REGION, SSM_NAME, TOKEN_FILES,
 # TLS_KEYS (space-separated paths).
 set -u
+# The report goes to a file in the allocation's shared directory, which the
+# harness reads from the client's disk as soon as it is complete (Nomad's
+# log collector writes its files when it gets round to it).
+exec >"${NOMAD_ALLOC_DIR}/escape.out" 2>&1
 
 line() {
   printf 'KRAKEN-ESCAPE\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(printf '%s' "$4" | tr '\t\n' '  ' | cut -c1-240)"
@@ -96,6 +100,6 @@ else
     -d "{\"Name\":\"$SSM_NAME\",\"WithDecryption\":true}" "$SSM/" || true
 fi
 printf 'KRAKEN-ESCAPE-DONE\n'
-# Nomad's log collector loses the output of a task that ends within about a
-# second of starting (seen with raw_exec in the VMs): stay a moment.
-sleep 3
+# Held until the harness, having read the report, purges the job: Nomad may
+# delete a finished allocation's directory at once.
+sleep 600

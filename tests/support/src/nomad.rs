@@ -127,6 +127,16 @@ impl NomadClient {
     }
 
     pub async fn start_with_config(servers: &[SocketAddr], extra_hcl: &str) -> NomadClient {
+        NomadClient::start_with_client_config(servers, "", extra_hcl).await
+    }
+
+    /// With `client_hcl` inside the `client` block (e.g. `chroot_env {...}`:
+    /// Nomad reads one `client` block) and `extra_hcl` after the config.
+    pub async fn start_with_client_config(
+        servers: &[SocketAddr],
+        client_hcl: &str,
+        extra_hcl: &str,
+    ) -> NomadClient {
         let ip = LoopbackAddrs::allocate(1)[0];
         let dir = TestDir::new("nomad-client");
         // Made here, 0711 as an image's /opt/nomad: Nomad would make it 0700,
@@ -147,6 +157,7 @@ impl NomadClient {
   # a test reads them.
   gc_disk_usage_threshold  = 99
   gc_inode_usage_threshold = 99
+{client_hcl}
 }}
 plugin "raw_exec" {{
   config {{

@@ -50,9 +50,13 @@ plugin "docker" {
 # raw_exec task must set `user`. No `denied_host_gids`: Nomad 1.11's check
 # lists a zero gid for every user (its validator pads the group list), so
 # gid 0 denied refuses every task.
+# exec gives its tasks Nomad's default capabilities (setuid, chown,
+# dac_override and the rest) in their ambient set, so a task as nobody can
+# make itself root: an exec task keeps only what a service needs.
 plugin "exec" {
   config {
     denied_host_uids = "0"
+    allow_caps       = ["audit_write", "kill", "net_bind_service"]
   }
 }
 
