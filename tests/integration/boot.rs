@@ -458,9 +458,11 @@ async fn too_few_servers_means_looking_again_not_failing() {
     let made = source.api_calls();
     let allowed = u64::from(burst) + elapsed.as_secs_f64() as u64 / refill.as_secs();
     assert!(
-        // At least one look past the first finds nothing (moto may be slow
-        // enough under load that the burst is not used up by the launch).
-        made >= 4 && made <= allowed + 1,
+        // It looked again after finding nothing (statuses[0] above) and
+        // the look that found the server counts too: at least two. How many
+        // more fit in the 3 s before the launch depends on how fast moto
+        // answers under load (3 on a busy CI run), so no higher floor.
+        made >= 2 && made <= allowed + 1,
         "{made} calls in {elapsed:?}"
     );
     assert!(

@@ -49,7 +49,8 @@ async fn run_converges_reports_ready_and_stops_on_sigterm() {
             .unwrap()
             .permissions(),
     );
-    assert_eq!(mode & 0o777, 0o640);
+    // The test node's Consul runs as root:root: no group read (private_mode).
+    assert_eq!(mode & 0o777, 0o600);
 
     // Keep running a few watch rounds, then read the peak RSS.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -230,7 +230,7 @@ impl Renderer {
                     settings.paths.consul_config_dir.join("consul.hcl"),
                     &settings.consul.user,
                     &settings.consul.group,
-                    0o640,
+                    private_mode(&settings.consul.group),
                 ),
                 Service::Nomad if spec.runs_nomad() => (
                     settings.paths.nomad_config_dir.join("nomad.hcl"),

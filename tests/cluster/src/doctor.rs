@@ -63,23 +63,10 @@ struct Finding {
     next: String,
 }
 
-/// A command inside a VM as root logged in runs it: in `user.slice`, the
-/// cgroup the node's IMDS guard lets root reach instance metadata from
-/// (docs/iam.md). nsenter alone would leave it in this harness's cgroup,
-/// outside the VM's tree.
-fn logged_in(vm: &Vm, args: &[&str]) -> Result<std::process::Output> {
-    let init = vm.init_pid().context("VM not running")?.to_string();
-    Ok(std::process::Command::new("nsenter")
-        .args(["-t", &init, "-a", "--"])
-        .args(["systemd-run", "--quiet", "--wait", "--pipe", "--collect"])
-        .args(["--slice=user.slice", "--"])
-        .args(args)
-        .output()?)
-}
-
-/// [`logged_in`]'s stdout; an error with its stderr when it fails.
+/// [`Vm::output_logged_in`]'s stdout (doctor prints its report also when it
+/// exits non-zero); an error with its stderr when it printed nothing.
 pub fn as_logged_in(vm: &Vm, args: &[&str]) -> Result<String> {
-    let out = logged_in(vm, args)?;
+    let out = vm.output_logged_in(args)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if stdout.is_empty() && !out.status.success() {
         bail!(
@@ -95,7 +82,7 @@ pub fn as_logged_in(vm: &Vm, args: &[&str]) -> Result<String> {
 
 /// `kraken-agent doctor --json` inside a VM: its exit status and each check.
 fn doctor(vm: &Vm) -> Result<(i32, BTreeMap<String, Finding>)> {
-    let out = logged_in(vm, &["kraken-agent", "doctor", "--json"])?;
+    let out = vm.output_logged_in(&["kraken-agent", "doctor", "--json"])?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{}: doctor printed no JSON: {}",

@@ -122,9 +122,10 @@ pub async fn restore(cluster: &mut Cluster) -> Result<RestoreReport> {
         .context("no Consul server is running")?
         .clone();
     let t = Instant::now();
-    let out =
-        tokio::task::spawn_blocking(move || server.exec(&["kraken-agent", "snapshot", "save"]))
-            .await??;
+    let out = tokio::task::spawn_blocking(move || {
+        server.exec_logged_in(&["kraken-agent", "snapshot", "save"])
+    })
+    .await??;
     let snapshot: Value =
         serde_json::from_str(&out).with_context(|| format!("snapshot save printed {out}"))?;
     let snapshot_secs = since(t);

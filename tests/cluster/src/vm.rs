@@ -298,15 +298,58 @@ impl Vm {
         host::run("nsenter", &all)
     }
 
-    /// Runs a command inside the VM with this process's stdin, stdout and
-    /// stderr: a person's shell into it.
-    pub fn exec_inherit(&self, command: &[String]) -> Result<std::process::ExitStatus> {
+    /// A command inside the VM as root logged in runs it: in `user.slice`,
+    /// the cgroup from which the node's IMDS guard lets root reach instance
+    /// metadata (docs/iam.md). `nsenter` alone would leave it in the
+    /// harness's cgroup, outside the VM's tree, and `kraken-agent doctor`
+    /// or `snapshot` would find IMDS refused. `tty`: a terminal for a
+    /// person's shell; otherwise stdin and stdout are passed through.
+    fn logged_in(&self, args: &[&str], tty: bool) -> Result<std::process::Command> {
         let init = self
             .init_pid()
             .with_context(|| format!("VM {} is not running", self.name))?;
-        std::process::Command::new("nsenter")
+        let mut command = std::process::Command::new("nsenter");
+        command
             .args(["-t", &init.to_string(), "-a", "--"])
-            .args(command)
+            .args(["systemd-run", "--quiet", "--wait", "--collect"])
+            .arg(if tty { "--pty" } else { "--pipe" })
+            .args(["--slice=user.slice", "--"])
+            .args(args);
+        Ok(command)
+    }
+
+    /// Runs a command inside the VM as root logged in (see [`Self::logged_in`]);
+    /// its output, whatever its exit status.
+    pub fn output_logged_in(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.logged_in(args, false)?
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running nsenter into VM {}", self.name))
+    }
+
+    /// Runs a command inside the VM as root logged in: its stdout; an error
+    /// with its stderr when it fails.
+    pub fn exec_logged_in(&self, args: &[&str]) -> Result<String> {
+        let out = self.output_logged_in(args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "`{}` on {} failed ({}): {}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a command inside the VM, as root logged in, with this process's
+    /// stdin, stdout and stderr: a person's shell into it.
+    pub fn exec_inherit(&self, command: &[String]) -> Result<std::process::ExitStatus> {
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        self.logged_in(&args, tty)?
             .status()
             .with_context(|| format!("running nsenter into VM {}", self.name))
     }

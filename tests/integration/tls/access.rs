@@ -215,14 +215,15 @@ async fn tls_refuses_plain_certless_and_foreign_callers_and_the_operator_env_wor
         );
     }
 
-    // Key files are not world-readable.
+    // Key files are not world-readable, nor readable by group root (the
+    // test node's services run as root:root; kraken_render::private_mode).
     for key in ["consul.d/tls/consul-key.pem", "nomad.d/tls/nomad-key.pem"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(node.dir.path().join(key))
                 .unwrap()
                 .permissions(),
         );
-        assert_eq!(mode & 0o777, 0o640, "{key}");
+        assert_eq!(mode & 0o777, 0o600, "{key}");
     }
 }
 

@@ -256,9 +256,8 @@ fn ensure_leaf(
             // Key first: a service that reads between the two writes sees
             // the old certificate with the new key only if it reloads on
             // its own, which neither does; the agent reloads after both.
-            // Group-readable for the service's group, never for root's
-            // (kraken_render::private_mode says why).
-            let key_mode = if owner.1.as_raw() == 0 { 0o600 } else { 0o640 };
+            // The configs' rule: group-readable, never for group root.
+            let key_mode = kraken_render::private_mode(group);
             kraken_render::write_atomic(
                 &files.key,
                 leaf.key_pem.as_bytes(),
