@@ -246,7 +246,12 @@ async fn write_state(cluster: &Cluster) -> Result<Written> {
     let api = &cluster.api;
     let c = ("X-Consul-Token", tokens.consul.as_str());
     let n = ("X-Nomad-Token", tokens.nomad.as_str());
-    let marker = json!({ "written": crate::vm::now(), "nonce": fastrand::u64(..) });
+    // Strings, not numbers: serde_json reads a float back to within a ULP
+    // only, and a marker that came back whole once compared unequal.
+    let marker = json!({
+        "written": crate::vm::now().to_string(),
+        "nonce": fastrand::u64(..).to_string(),
+    });
     api.send_json(
         reqwest::Method::PUT,
         &consul_url(&consul, &format!("/v1/kv/{MARKER_KEY}")),
