@@ -91,7 +91,7 @@ async fn running_cluster(
     age: Option<u64>,
 ) {
     let first = NodeSpec::from_tags(&cluster_tags(cluster, SERVERS), &settings.intent).unwrap();
-    secrets::secrets(store, &first, settings, SecretsMode::Boot)
+    secrets::secrets(store, &first, "i-first", settings, SecretsMode::Boot)
         .await
         .unwrap();
     pki::authorities(store, &first, settings, SecretsMode::Boot)
@@ -139,6 +139,9 @@ fn state_recording(held: &RenderSecrets) -> State {
 
 struct Node {
     cluster: usize,
+    /// The node's name (an instance id): clients read their own Consul
+    /// token by it.
+    name: String,
     spec: NodeSpec,
     ec2: Budgeted<Ec2Peers>,
     follow: Follow,
@@ -187,13 +190,14 @@ async fn two_hundred_agents_make_the_projected_calls() {
         running_cluster(&format!("c{c}"), &store, &settings, servers, age).await;
     }
     eprintln!("budget: the clusters' secrets made at {:?}", t0.elapsed());
-    let node = |roles: &str, c: usize| {
+    let node = |roles: &str, c: usize, i: usize| {
         let calls = kraken_aws::ApiCalls::default();
         let t = cluster_tags(&format!("c{c}"), roles);
         let spec = NodeSpec::from_tags(&t, &settings.intent).unwrap();
         let ssm = kraken_aws::ApiCalls::default();
         Node {
             cluster: c,
+            name: format!("i-{c:04}{i:04}"),
             store: Store::from_settings(&settings.secrets, &format!("c{c}"), &sdk, &ssm).unwrap(),
             ssm,
             held: RenderSecrets::default(),
@@ -215,11 +219,21 @@ async fn two_hundred_agents_make_the_projected_calls() {
                 0
             };
             (0..AGENTS_PER_CLUSTER)
-                .map(|i| node(if i < servers { SERVERS } else { "nomad-client" }, c))
+                .map(|i| node(if i < servers { SERVERS } else { "nomad-client" }, c, i))
                 .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(nodes.len(), 200);
+    // Each client's own Consul token, as the Consul leader's agent stores
+    // it once the client's Consul has joined (`steps::node_tokens`).
+    for n in nodes
+        .iter()
+        .filter(|n| !n.spec.has(kraken_intent::Role::ConsulServer))
+    {
+        let store = moto_store(&moto.endpoint(), &format!("c{}", n.cluster), TEST_KEY).await;
+        let name = names::consul_node_token(&n.name);
+        store.create(&name, &Secret::random_token()).await.unwrap();
+    }
 
     // Boot into running clusters, as `run` does it: step 3's secrets and
     // intermediates and a client's published server list in one batch,
@@ -230,9 +244,10 @@ async fn two_hundred_agents_make_the_projected_calls() {
     for mut n in nodes.drain(..) {
         let settings = settings.clone();
         set.spawn(async move {
-            let batch = secrets::boot_names(&n.spec, &settings);
+            let batch = secrets::boot_names(&n.spec, &settings, &n.name);
+            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
             let view = n.store.snapshot(&batch).await.unwrap();
-            n.held = secrets::secrets(&view, &n.spec, &settings, SecretsMode::Boot)
+            n.held = secrets::secrets(&view, &n.spec, &n.name, &settings, SecretsMode::Boot)
                 .await
                 .unwrap();
             assert!(tokens::has_role_tokens(&n.spec, &n.held));
@@ -353,14 +368,14 @@ async fn two_hundred_agents_make_the_projected_calls() {
                 .unwrap();
             assert!(role.iter().all(Option::is_some));
             let mut held = n.held.clone();
-            let changed = tokens::refresh(&view, &n.spec, &mut held, None).await;
+            let changed = tokens::refresh(&view, &n.spec, &n.name, None, &mut held, None).await;
             assert!(!changed.unwrap(), "nothing rotated");
             server_checks += n.ssm.get() - before;
             assert_eq!(n.ssm.get() - before, 1, "a server's check: one transaction");
         } else {
             let state = state_recording(&n.held);
             let mut held = n.held.clone();
-            tokens::refresh(&n.store, &n.spec, &mut held, Some(&state))
+            tokens::refresh(&n.store, &n.spec, &n.name, None, &mut held, Some(&state))
                 .await
                 .unwrap();
             client_checks += n.ssm.get() - before;
@@ -388,7 +403,7 @@ async fn two_hundred_agents_make_the_projected_calls() {
         .await
         .unwrap();
     run(&ec2, &subnets[0], &cluster_tags("c0", SERVERS), 1).await;
-    let replacement = node(SERVERS, 0);
+    let replacement = node(SERVERS, 0, AGENTS_PER_CLUSTER);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(2));
     let peers = discover_until_enough(
         &replacement.ec2,

@@ -42,6 +42,45 @@ async fn a_client_boots_from_the_published_list_and_past_a_stale_one() {
     assert_eq!(published.nomad_servers, [server.ip].into());
     assert_eq!(published.instances, [server.id.clone()].into());
 
+    // The right list, as the server's agent wrote it: no EC2 call at all.
+    // Its Consul agent token is its own, made by the server's agent (the
+    // Consul leader's) once the client's Consul joined.
+    let t = Instant::now();
+    let client = boot_beside(&server, "nomad-client", NO_DOCKER).await;
+    let client_after = t.elapsed();
+    assert_eq!(status(&client)["ec2_api_calls"], 0, "{}", client.log());
+    assert!(
+        client.log().contains("from the published list"),
+        "{}",
+        client.log()
+    );
+    let own = store
+        .get(&names::consul_node_token(&client.id))
+        .await
+        .unwrap()
+        .expect("the client's own token is stored");
+    let config = std::fs::read_to_string(client.dir.path().join("consul.d/consul.hcl")).unwrap();
+    assert!(
+        config.contains(own.expose()),
+        "its config carries its own token"
+    );
+    let me = client
+        .consul(Some(kraken_hashi::Token::new(own.expose())))
+        .acl_token_self()
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = me
+        .node_identities
+        .iter()
+        .map(|n| n.node_name.as_str())
+        .collect();
+    assert_eq!(ids, [client.id.as_str()], "its own node identity");
+    assert!(
+        store.get(names::CONSUL_AGENT).await.unwrap().is_some(),
+        "the servers' shared token is still there"
+    );
+
     // Every server replaced since the list was written: its address leads
     // nowhere. The server's agent is stopped first (its Consul and Nomad
     // keep running): as the leader's, it would repair the list.
@@ -51,6 +90,9 @@ async fn a_client_boots_from_the_published_list_and_past_a_stale_one() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    // What the stopped agent did for booting clients: their own Consul
+    // tokens.
+    let node_tokens = server.node_tokens_in_test().await;
     let [a, b, c, _] = server.ip.octets();
     let stale = Published {
         consul_servers: [std::net::Ipv4Addr::new(a, b, c, 200)].into(),
@@ -72,19 +114,9 @@ async fn a_client_boots_from_the_published_list_and_past_a_stale_one() {
     );
     assert_eq!(status(&misled)["ec2_api_calls"], 1, "it asked EC2 once");
 
-    // The right list: no EC2 call at all.
-    store.put(names::SERVERS, &put(&published)).await.unwrap();
-    let t = Instant::now();
-    let client = boot_beside(&server, "nomad-client", NO_DOCKER).await;
-    let client_after = t.elapsed();
-    assert_eq!(status(&client)["ec2_api_calls"], 0, "{}", client.log());
-    assert!(
-        client.log().contains("from the published list"),
-        "{}",
-        client.log()
-    );
     eprintln!(
         "published: a client READY {client_after:?} after its start with the list (0 \
          DescribeInstances), {misled_after:?} with a stale one (1)"
     );
+    node_tokens.abort();
 }

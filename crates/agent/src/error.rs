@@ -36,11 +36,13 @@ pub enum BootError {
     Secret(#[from] kraken_secrets::SecretError),
     #[error(
         "secret {name} did not appear within {}s (absent at {location}); it is made by the \
-         cluster bootstrap: see `kraken-agent doctor` on a Consul server",
+         cluster bootstrap (a node's own Consul token by the Consul leader's agent once the \
+         node's Consul has joined: `consul members`): see `kraken-agent doctor` on a Consul \
+         server",
         waited.as_secs()
     )]
     SecretAbsent {
-        name: &'static str,
+        name: String,
         location: String,
         waited: Duration,
     },
@@ -341,7 +343,7 @@ mod tests {
             ),
             (
                 BootError::SecretAbsent {
-                    name: "consul/tokens/agent",
+                    name: "consul/tokens/agent".into(),
                     location: "/kraken/c/consul/tokens/agent".into(),
                     waited: Duration::from_secs(600),
                 },
@@ -440,7 +442,7 @@ mod tests {
     #[test]
     fn a_missing_secret_names_it_and_where_it_was_looked_for() {
         let e = BootError::SecretAbsent {
-            name: "consul/tokens/agent",
+            name: "consul/tokens/agent".into(),
             location: "/kraken/c/consul/tokens/agent".into(),
             waited: Duration::from_secs(600),
         };

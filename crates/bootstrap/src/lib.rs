@@ -11,6 +11,7 @@
 
 mod error;
 mod lease;
+mod nodes;
 mod policies;
 mod run;
 mod state;
@@ -23,7 +24,8 @@ mod workload;
 pub use error::BootstrapError;
 pub use kraken_secrets::names;
 pub use lease::{Lease, LeaseSettings};
-pub use policies::{AGENT_VERSION, POLICIES, ROLE_TOKENS, version_of, versioned};
+pub use nodes::{Departures, NODE_TOKEN_DESCRIPTION, NodeTokens, node_of};
+pub use policies::{AGENT_VERSION, NODE_POLICY, POLICIES, ROLE_TOKENS, version_of, versioned};
 pub use run::{Bootstrap, CRASH_AFTER_ENV, Report};
 pub use state::{
     Phase, Retired, State, Step, TokenRecord, key as state_key, lock_key, read as read_state,

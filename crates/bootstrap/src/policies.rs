@@ -16,7 +16,7 @@ pub const DNS_POLICY: &str = "kraken-dns";
 
 /// The Consul ACL policies: name, description, rules (`@CLUSTER@` stands
 /// for the cluster's name).
-pub const POLICIES: [(&str, &str, &str); 6] = [
+pub const POLICIES: [(&str, &str, &str); 7] = [
     (
         "kraken-agent",
         "Consul agents of kraken nodes",
@@ -47,7 +47,16 @@ pub const POLICIES: [(&str, &str, &str); 6] = [
         "Prometheus: agent metrics and service discovery, read-only",
         include_str!("../policies/metrics.hcl"),
     ),
+    (
+        NODE_POLICY,
+        "Each node's own agent token, with the node's identity",
+        include_str!("../policies/kraken-node.hcl"),
+    ),
 ];
+
+/// The policy of every node's own agent token, next to its node identity
+/// (`crate::nodes`).
+pub const NODE_POLICY: &str = "kraken-node";
 
 /// The Consul role tokens: secret name, description, policy. None has an
 /// expiry (`docs/operations.md`, token policy): a token that expires takes

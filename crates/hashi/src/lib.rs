@@ -12,7 +12,7 @@ mod snapshot;
 mod tests;
 
 pub use autopilot::{AutopilotHealth, AutopilotServer};
-pub use consul::acl::{ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, PolicyLink};
+pub use consul::acl::{ANONYMOUS_TOKEN_ACCESSOR, AclPolicy, AclToken, NodeIdentity, PolicyLink};
 pub use consul::auth::{AclRole, AuthMethod, BindingRule};
 pub use consul::{Consul, ConsulMember, HealthCheck, KvPair, SessionBehavior};
 pub use http::{ClientTls, HashiError, Token};

@@ -17,6 +17,15 @@ pub struct BootstrapSettings {
     /// How often a running Consul server checks that the role tokens still
     /// exist in Consul, and recreates any that do not.
     pub token_check_secs: u64,
+    /// How often the Consul leader's agent reads Consul's members and makes
+    /// a token of its own for each node that joined without one
+    /// (`docs/operations.md`, node tokens): a booting node waits about this
+    /// long for its token. A local call to the leader's own agent.
+    pub node_token_secs: u64,
+    /// How long a node's token outlives the node: gone from Consul's
+    /// members, or `left` (a client's Consul leaves on every restart),
+    /// for this long, its token and stored secret are deleted.
+    pub node_token_grace_secs: u64,
 }
 
 impl Default for BootstrapSettings {
@@ -26,6 +35,8 @@ impl Default for BootstrapSettings {
             lock_delay_secs: 5,
             token_wait_secs: 600,
             token_check_secs: 300,
+            node_token_secs: 5,
+            node_token_grace_secs: 600,
         }
     }
 }
@@ -37,6 +48,9 @@ impl BootstrapSettings {
                 "bootstrap.lease_ttl_secs = {}; expected at least 10 (Consul's minimum session TTL)",
                 self.lease_ttl_secs
             ));
+        }
+        if self.node_token_secs == 0 {
+            return Err("bootstrap.node_token_secs = 0; expected at least 1".into());
         }
         Ok(())
     }

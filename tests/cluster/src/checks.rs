@@ -256,25 +256,27 @@ async fn node_tokens(
     let mut problems = Vec::new();
     let mut valid: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in nodes {
-        let mut want = vec![(
-            "consul.hcl",
-            "/etc/consul.d/consul.hcl",
-            "agent",
-            names::CONSUL_AGENT,
-        )];
+        // Consul servers share the agent token; every other node has its
+        // own, of its node identity (`steps::node_tokens`).
+        let agent = if n.group.is_consul_server() {
+            names::CONSUL_AGENT.to_owned()
+        } else {
+            names::consul_node_token(&n.vm.instance_id)
+        };
+        let mut want = vec![("consul.hcl", "/etc/consul.d/consul.hcl", "agent", agent)];
         if n.group.is_nomad_server() {
             want.push((
                 "nomad.hcl",
                 "/etc/nomad.d/nomad.hcl",
                 "token",
-                names::CONSUL_NOMAD_SERVER,
+                names::CONSUL_NOMAD_SERVER.to_owned(),
             ));
         } else if n.group.is_nomad_client() {
             want.push((
                 "nomad.hcl",
                 "/etc/nomad.d/nomad.hcl",
                 "token",
-                names::CONSUL_NOMAD_CLIENT,
+                names::CONSUL_NOMAD_CLIENT.to_owned(),
             ));
         }
         for (file, path, key, secret) in want {
@@ -282,7 +284,7 @@ async fn node_tokens(
                 problems.push(format!("{}: cannot read {path}", n.vm.name));
                 continue;
             };
-            let expected = tokens.all.get(secret).map(String::as_str);
+            let expected = tokens.all.get(&secret).map(String::as_str);
             if expected.is_none() || !hcl_values(&text, key).contains(&expected.unwrap_or_default())
             {
                 problems.push(format!(
@@ -303,12 +305,29 @@ async fn node_tokens(
                     problems.push(format!("{secret}: token/self answered HTTP {status}"));
                     continue;
                 }
-                let policies = body["Policies"]
+                let mut policies: Vec<String> = body["Policies"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(|p| p["Name"].as_str().map(str::to_owned))
                     .collect();
+                let identities: Vec<&str> = body["NodeIdentities"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["NodeName"].as_str())
+                    .collect();
+                if key == "agent" && !n.group.is_consul_server() {
+                    if identities != [n.vm.instance_id.as_str()] {
+                        problems.push(format!(
+                            "{}: its Consul agent token has node identities {identities:?}, \
+                             not its own",
+                            n.vm.name
+                        ));
+                        continue;
+                    }
+                    policies.push("node-identity".into());
+                }
                 valid.insert(token.to_owned(), policies);
             }
         }

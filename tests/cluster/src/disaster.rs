@@ -305,10 +305,15 @@ async fn client_tokens(cluster: &Cluster, vm: &Vm, tokens: &Tokens) -> Vec<Token
         ),
     };
     let held = [
-        ("consul-agent", names::CONSUL_AGENT, consul_agent),
+        // A client's Consul agent token is its own (`steps::node_tokens`).
+        (
+            "consul-agent",
+            names::consul_node_token(&vm.instance_id),
+            consul_agent,
+        ),
         (
             "nomad-consul",
-            names::CONSUL_NOMAD_CLIENT,
+            names::CONSUL_NOMAD_CLIENT.to_owned(),
             (
                 hcl_value(vm, "/etc/nomad.d/nomad.hcl", "token"),
                 "/etc/nomad.d/nomad.hcl consul.token".to_owned(),
@@ -316,7 +321,7 @@ async fn client_tokens(cluster: &Cluster, vm: &Vm, tokens: &Tokens) -> Vec<Token
         ),
         (
             "nomad-drain",
-            names::NOMAD_DRAIN,
+            names::NOMAD_DRAIN.to_owned(),
             (
                 tokens.all.get(names::NOMAD_DRAIN).cloned(),
                 format!("the secret store's {}", names::NOMAD_DRAIN),
@@ -334,7 +339,7 @@ async fn client_tokens(cluster: &Cluster, vm: &Vm, tokens: &Tokens) -> Vec<Token
         let mut verdict = TokenVerdict {
             node: vm.name.clone(),
             token,
-            same_as_store: secret.is_some() && tokens.all.get(name) == secret.as_ref(),
+            same_as_store: secret.is_some() && tokens.all.get(&name) == secret.as_ref(),
             source,
             asked: format!(
                 "{} agent on {} ({})",

@@ -201,7 +201,11 @@ fn task_env(cluster: &Cluster, vm: &Vm) -> Result<BTreeMap<&'static str, String>
         ("IMDS", imds),
         ("SSM", ssm),
         ("REGION", crate::cloud::REGION.to_owned()),
-        ("SSM_NAME", format!("/kraken/{CLUSTER}/consul/tokens/agent")),
+        // The node's own Consul agent token: what a task would want most.
+        (
+            "SSM_NAME",
+            format!("/kraken/{CLUSTER}/consul/tokens/nodes/{}", vm.instance_id),
+        ),
         ("TOKEN_FILES", tokens.join(" ")),
         ("TLS_KEYS", keys.join(" ")),
     ]))

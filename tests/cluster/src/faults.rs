@@ -65,7 +65,7 @@ enum Change {
     RestoreTag,
     StopImds,
     StartImds,
-    /// The node's Consul agent token, deleted in Consul.
+    /// The Consul servers' shared agent token, deleted in Consul.
     DeleteAgentToken,
     /// ... and put back with the same ids (the agent's config still holds
     /// its secret).
@@ -243,8 +243,11 @@ const FAULTS: &[Fault] = &[
         tls_only: false,
     },
     Fault {
-        name: "its Consul token deleted",
-        on: CLIENT,
+        // The Consul servers' shared agent token: deleted, it stays deleted.
+        // A client's own token deleted in Consul is made again at once
+        // with its stored secret by the Consul leader's agent.
+        name: "the servers' Consul agent token deleted",
+        on: server(0),
         inject: &[Change::DeleteAgentToken],
         expect: Expect {
             check: "consul",
@@ -427,7 +430,7 @@ fn append(saved: &mut Saved, path: PathBuf, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the Consul agent token (the one all nodes share); returns what
+/// Deletes the Consul servers' shared agent token; returns what
 /// puts it back: a Consul server, the management token, the PUT body.
 async fn delete_agent_token(cluster: &Cluster) -> Result<(String, String, serde_json::Value)> {
     let tokens = cluster.tokens().await?;

@@ -100,7 +100,7 @@ pub(super) async fn cluster(name: &str) -> Cluster {
         s.paths.consul_data_dir = dir.path().join("data");
         let spec = NodeSpec::from_tags(&identity.tags, &s.intent).unwrap();
         let store = store(&moto, name).await;
-        let secrets = secrets::secrets(&store, &spec, &s, SecretsMode::Boot)
+        let secrets = secrets::secrets(&store, &spec, &identity.instance_id, &s, SecretsMode::Boot)
             .await
             .unwrap();
         management = secrets.initial_management.clone();

@@ -7,5 +7,6 @@
 mod cluster;
 mod exactly_once;
 mod faults;
+mod node_tokens;
 mod nomad_lost;
 mod tokens;

@@ -142,6 +142,38 @@ impl Node {
         agent_log(self.dir.path())
     }
 
+    /// For a test that stops this Consul server's agent but boots clients
+    /// after: the same node-token task its agent runs
+    /// (`steps::node_tokens`), in the test process, with the node's
+    /// settings, TLS files and secrets. Booting clients wait for their own
+    /// Consul token, which only the Consul leader's agent makes.
+    pub async fn node_tokens_in_test(&self) -> tokio::task::JoinHandle<()> {
+        use kraken_secrets::SecretStore;
+        let settings =
+            kraken_settings::Settings::parse(&std::fs::read_to_string(&self.config).unwrap())
+                .unwrap();
+        let t = tags(&[
+            ("kraken:cluster", CLUSTER),
+            ("kraken:roles", "consul-server"),
+        ]);
+        let spec = kraken_intent::NodeSpec::from_tags(&t, &settings.intent).unwrap();
+        let store = self.store().await;
+        let management = store
+            .get(kraken_secrets::names::CONSUL_INITIAL_MANAGEMENT)
+            .await
+            .unwrap()
+            .unwrap();
+        let watch = kraken_agent::steps::node_tokens::Watch {
+            settings,
+            spec,
+            node: self.id.clone(),
+            own_ip: self.ip,
+            store,
+            management,
+        };
+        tokio::spawn(watch.run())
+    }
+
     /// The node's secret store: moto's SSM, as the agent uses it.
     pub async fn store(&self) -> kraken_secrets::Store {
         moto_store(&self.moto.endpoint(), CLUSTER, TEST_KEY).await

@@ -71,11 +71,14 @@ async fn plan<P: IdentityProvider>(
             // reads secrets without creating any.
             let peers = discovery::discover(&ec2, &spec).await?;
             let ssm_calls = kraken_aws::ApiCalls::default();
+            let node = &identity.instance_id;
+            let names = secrets::boot_names(&spec, settings, node);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?
-                .snapshot(&secrets::boot_names(&spec, settings))
+                .snapshot(&names)
                 .await?;
-            let secrets =
-                secrets::secrets(&store, &spec, settings, secrets::SecretsMode::ReadOnly).await?;
+            let mode = secrets::SecretsMode::ReadOnly;
+            let secrets = secrets::secrets(&store, &spec, node, settings, mode).await?;
             (peers, ec2.api_calls(), secrets)
         }
     };

@@ -9,7 +9,8 @@
 //!    what they loaded requires: [`start`], [`apply`], [`applied`], with
 //!    servers restarting one at a time: [`restart`]; the certificates they
 //!    serve: [`served`]
-//! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`];
+//! 7. the one-time bootstrap: [`bootstrap`], then this node's tokens: [`tokens`]
+//!    (on the Consul leader, every other node's own agent token: [`node_tokens`]);
 //!    snapshots of Consul and Nomad in S3, taken by the leaders and restored
 //!    at a fresh cluster's bootstrap: [`snapshot`]
 //! 8. ready: `kraken_ready`, driven by `cmd::run`
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod follow;
 pub mod lifecycle;
 pub mod node;
+pub mod node_tokens;
 pub mod pki;
 pub mod published;
 pub mod render;

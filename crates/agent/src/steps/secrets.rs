@@ -8,7 +8,7 @@ use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
 
-use crate::steps::{discovery, follow, pki};
+use crate::steps::{discovery, follow, node_tokens, pki};
 use crate::{BootError, tuning};
 
 /// How step 3 treats a missing cluster-wide secret.
@@ -27,6 +27,7 @@ pub enum SecretsMode {
 pub async fn secrets(
     store: &Store,
     spec: &NodeSpec,
+    node: &str,
     settings: &Settings,
     mode: SecretsMode,
 ) -> Result<RenderSecrets, BootError> {
@@ -70,18 +71,37 @@ pub async fn secrets(
         gossip_key,
         nomad_gossip_key,
         initial_management,
-        consul_agent: store.get(names::CONSUL_AGENT).await?,
+        consul_agent: store.get(&agent_token_name(spec, node)).await?,
         nomad_consul,
     })
 }
 
-/// Every name step 3 reads on this node (its secrets, its intermediates
-/// with TLS on, and on a client the published server list), for one
-/// batched read ([`Store::snapshot`]): a client booting into a running
-/// cluster makes one SSM transaction. Only names this node's role may read
-/// (`docs/secrets.md`): SSM refuses a whole batch for one denied name.
-pub fn boot_names(spec: &NodeSpec, settings: &Settings) -> Vec<&'static str> {
-    let mut names = vec![names::GOSSIP_KEY, names::CONSUL_AGENT];
+/// Where this node's Consul agent token is stored: the Consul servers'
+/// shared one, or the node's own (made by the Consul leader's agent with
+/// the node's identity, `steps::node_tokens`) on every other node, by its
+/// name, the instance id.
+pub fn agent_token_name(spec: &NodeSpec, node: &str) -> String {
+    if node_tokens::has_own_token(spec) {
+        names::consul_node_token(node)
+    } else {
+        names::CONSUL_AGENT.to_owned()
+    }
+}
+
+/// Every name step 3 reads on this node named `node` (its secrets, its
+/// intermediates with TLS on, and on a client the published server list),
+/// for one batched read ([`Store::snapshot`]): a client booting into a
+/// running cluster makes one SSM transaction. Only names this node's role
+/// may read (`docs/secrets.md`): SSM refuses a whole batch for one denied
+/// name.
+pub fn boot_names(spec: &NodeSpec, settings: &Settings, node: &str) -> Vec<String> {
+    let mut names = vec![names::GOSSIP_KEY.to_owned(), agent_token_name(spec, node)];
+    names.extend(role_names(spec, settings).into_iter().map(str::to_owned));
+    names
+}
+
+fn role_names(spec: &NodeSpec, settings: &Settings) -> Vec<&'static str> {
+    let mut names = Vec::new();
     let consul_server = spec.has(Role::ConsulServer);
     if consul_server {
         names.push(names::CONSUL_INITIAL_MANAGEMENT);
@@ -122,7 +142,7 @@ pub fn nomad_role_token(spec: &NodeSpec) -> Option<&'static str> {
 /// node makes (the gossip key, the role tokens of the bootstrap).
 pub async fn wait_for_secret(
     store: &Store,
-    name: &'static str,
+    name: &str,
     settings: &Settings,
 ) -> Result<Secret, BootError> {
     let waited = tuning::secret_wait(settings);
@@ -134,7 +154,7 @@ pub async fn wait_for_secret(
         }
         if std::time::Instant::now() >= deadline {
             return Err(BootError::SecretAbsent {
-                name,
+                name: name.to_owned(),
                 location: store.location(name).unwrap_or_default(),
                 waited,
             });

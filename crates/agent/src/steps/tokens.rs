@@ -1,5 +1,7 @@
 //! Step 7, second half: this node's own tokens, from the secret store into
-//! the configs.
+//! the configs. The Consul agent token is the Consul servers' shared one on
+//! Consul servers, and the node's own on every other node
+//! (`steps::node_tokens`).
 //!
 //! A role token's secret is stored before Consul knows the token (the
 //! bootstrap is write-ahead), and Nomad exits at start on a Consul token
@@ -16,7 +18,8 @@ use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
 
-use crate::steps::secrets::{nomad_role_token, wait_for_secret};
+use crate::steps::node_tokens;
+use crate::steps::secrets::{agent_token_name, nomad_role_token, wait_for_secret};
 use crate::{BootError, tuning};
 
 /// Whether this node has every token its role installs.
@@ -24,12 +27,16 @@ pub fn has_role_tokens(spec: &NodeSpec, secrets: &RenderSecrets) -> bool {
     secrets.consul_agent.is_some() && (!spec.runs_nomad() || secrets.nomad_consul.is_some())
 }
 
-/// Waits until the bootstrap has stored this node's role tokens and Consul
+/// Waits until the bootstrap has stored this node's tokens and Consul
 /// knows them, and puts them in `secrets`. False when they were there
-/// already (nothing to do).
+/// already (nothing to do). `node` is this node's name (its instance id):
+/// every node but a Consul server has an agent token of its own, made by
+/// the Consul leader's agent once this node's Consul has joined
+/// (`steps::node_tokens`).
 pub async fn fetch(
     store: &Store,
     spec: &NodeSpec,
+    node: &str,
     settings: &Settings,
     consul: &Consul,
     secrets: &mut RenderSecrets,
@@ -37,8 +44,9 @@ pub async fn fetch(
     if has_role_tokens(spec, secrets) {
         return Ok(false);
     }
-    let agent = wait_for_secret(store, names::CONSUL_AGENT, settings).await?;
-    wait_until_known(consul, names::CONSUL_AGENT, &agent, settings).await?;
+    let name = agent_token_name(spec, node);
+    let agent = wait_for_secret(store, &name, settings).await?;
+    wait_until_known(consul, &name, &agent, settings).await?;
     secrets.consul_agent = Some(agent);
     if let Some(name) = nomad_role_token(spec) {
         let token = wait_for_secret(store, name, settings).await?;
@@ -48,7 +56,7 @@ pub async fn fetch(
     Ok(true)
 }
 
-/// Re-reads this node's role tokens from the store: a rotated secret
+/// Re-reads this node's tokens from the store: a rotated secret
 /// (`docs/operations.md`) reaches every holder this way. A token missing
 /// from the store keeps its current value (the rotation's new one is on
 /// its way). True if any changed.
@@ -56,14 +64,33 @@ pub async fn fetch(
 /// `state` is the bootstrap state as Consul holds it, when readable: it
 /// records the SHA-256 of the secret each role token was made with, so a
 /// node whose tokens all match it has nothing to read, and the secret
-/// store sees a fleet's reads only after a rotation.
+/// store sees a fleet's reads only after a rotation. A node's own agent
+/// token is not in the state: `consul` asks Consul whether it still knows
+/// it (a node gone past the grace and back has a new one), and the store
+/// is read only when it does not.
 pub async fn refresh(
     store: &Store,
     spec: &NodeSpec,
+    node: &str,
+    consul: Option<&Consul>,
     secrets: &mut RenderSecrets,
     state: Option<&State>,
 ) -> Result<bool, BootError> {
-    if let Some(state) = state
+    let own_unknown = match (node_tokens::has_own_token(spec), &secrets.consul_agent) {
+        (false, _) => false,
+        (true, None) => true,
+        (true, Some(held)) => match consul {
+            Some(c) => matches!(
+                c.with_token(Some(Token::new(held.expose())))
+                    .acl_token_self()
+                    .await,
+                Ok(None)
+            ),
+            None => state.is_none(),
+        },
+    };
+    if !own_unknown
+        && let Some(state) = state
         && current(spec, secrets, state)
     {
         return Ok(false);
@@ -78,7 +105,8 @@ pub async fn refresh(
         }
     };
     // One batched read for both.
-    let wanted: Vec<&str> = std::iter::once(names::CONSUL_AGENT)
+    let agent = agent_token_name(spec, node);
+    let wanted: Vec<&str> = std::iter::once(agent.as_str())
         .chain(nomad_role_token(spec))
         .collect();
     let mut read = store.get_many(&wanted).await?.into_iter();
@@ -91,7 +119,8 @@ pub async fn refresh(
 
 /// Whether every role token this node holds is the one the bootstrap
 /// state records (same secret digest). A token the state does not record
-/// is not known to be current.
+/// is not known to be current. A node's own agent token is not a role
+/// token (`refresh` asks Consul about it).
 fn current(spec: &NodeSpec, secrets: &RenderSecrets, state: &State) -> bool {
     let matches = |name: &str, held: &Option<Secret>| {
         held.as_ref().is_some_and(|s| {
@@ -101,7 +130,7 @@ fn current(spec: &NodeSpec, secrets: &RenderSecrets, state: &State) -> bool {
                 .is_some_and(|r| r.secret_sha256 == sha256_hex(s.expose()))
         })
     };
-    matches(names::CONSUL_AGENT, &secrets.consul_agent)
+    (node_tokens::has_own_token(spec) || matches(names::CONSUL_AGENT, &secrets.consul_agent))
         && nomad_role_token(spec).is_none_or(|name| matches(name, &secrets.nomad_consul))
 }
 
@@ -128,7 +157,7 @@ pub fn check_names(spec: &NodeSpec) -> Vec<&'static str> {
 /// secret was stored), for as long as a secret may take to appear.
 pub async fn wait_until_known(
     consul: &Consul,
-    name: &'static str,
+    name: &str,
     token: &Secret,
     settings: &Settings,
 ) -> Result<(), BootError> {
@@ -168,32 +197,43 @@ mod tests {
 
     #[test]
     fn tokens_are_current_only_when_every_held_one_matches_the_state() {
-        let tags = [("kraken:cluster", "blue"), ("kraken:roles", "nomad-client")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let spec = NodeSpec::from_tags(&tags, &Settings::default().intent).unwrap();
+        let spec = |roles: &str| {
+            let tags = [("kraken:cluster", "blue"), ("kraken:roles", roles)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            NodeSpec::from_tags(&tags, &Settings::default().intent).unwrap()
+        };
+        let server = spec("consul-server,nomad-client");
         let held = RenderSecrets {
             consul_agent: Some(Secret::new("agent-1")),
             nomad_consul: Some(Secret::new("client-1")),
             ..Default::default()
         };
         let mut state = State::default();
-        assert!(!current(&spec, &held, &state), "nothing recorded");
+        assert!(!current(&server, &held, &state), "nothing recorded");
         state
             .tokens
             .insert(names::CONSUL_AGENT.into(), record("agent-1"));
-        assert!(!current(&spec, &held, &state), "the Nomad one not recorded");
+        assert!(
+            !current(&server, &held, &state),
+            "the Nomad one not recorded"
+        );
         state
             .tokens
             .insert(names::CONSUL_NOMAD_CLIENT.into(), record("client-1"));
-        assert!(current(&spec, &held, &state));
-        // Rotated: the state records the new secret's digest.
+        assert!(current(&server, &held, &state));
+        // A client's agent token is its own: the shared one's record is
+        // not about it.
+        let client = spec("nomad-client");
         state
             .tokens
             .insert(names::CONSUL_AGENT.into(), record("agent-2"));
-        assert!(!current(&spec, &held, &state));
+        assert!(current(&client, &held, &state));
+        // Rotated: the state records the new secret's digest.
+        assert!(!current(&server, &held, &state));
         let none = RenderSecrets::default();
-        assert!(!current(&spec, &none, &state), "nothing held");
+        assert!(!current(&server, &none, &state), "nothing held");
+        assert!(!current(&client, &none, &state), "nothing held");
     }
 }

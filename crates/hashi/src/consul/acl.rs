@@ -20,6 +20,29 @@ pub struct AclToken {
     /// RFC 3339, when the token expires; `None` for tokens that do not.
     #[serde(rename = "ExpirationTime", default)]
     pub expiration_time: Option<String>,
+    /// The nodes this token may act as (Consul's node identities): a node
+    /// agent token has exactly its own.
+    #[serde(rename = "NodeIdentities", default, deserialize_with = "null_as_empty")]
+    pub node_identities: Vec<NodeIdentity>,
+}
+
+/// A node identity: `node "<name>" write` and `service_prefix "" read`,
+/// in one datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct NodeIdentity {
+    #[serde(rename = "NodeName")]
+    pub node_name: String,
+    #[serde(rename = "Datacenter")]
+    pub datacenter: String,
+}
+
+/// Consul writes an empty list as `null` in some answers.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -122,11 +145,38 @@ impl Consul {
         description: &str,
         policies: &[&str],
     ) -> Result<Option<AclToken>, HashiError> {
-        let body = serde_json::json!({
+        self.acl_token_create_with(secret_id, description, policies, None)
+            .await
+    }
+
+    /// [`Consul::acl_token_create`] for a node's own agent token: the
+    /// node identity of `node` in its datacenter, and `policies`.
+    pub async fn acl_token_create_for_node(
+        &self,
+        secret_id: &Token,
+        description: &str,
+        policies: &[&str],
+        node: &NodeIdentity,
+    ) -> Result<Option<AclToken>, HashiError> {
+        self.acl_token_create_with(secret_id, description, policies, Some(node))
+            .await
+    }
+
+    async fn acl_token_create_with(
+        &self,
+        secret_id: &Token,
+        description: &str,
+        policies: &[&str],
+        node: Option<&NodeIdentity>,
+    ) -> Result<Option<AclToken>, HashiError> {
+        let mut body = serde_json::json!({
             "SecretID": secret_id.expose(),
             "Description": description,
             "Policies": policies.iter().map(|p| serde_json::json!({ "Name": p })).collect::<Vec<_>>(),
         });
+        if let Some(node) = node {
+            body["NodeIdentities"] = serde_json::json!([node]);
+        }
         match self.http.put_json("/v1/acl/token", &body).await {
             Ok(token) => Ok(Some(token)),
             Err(HashiError::Status { body, .. })

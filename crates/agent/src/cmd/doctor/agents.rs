@@ -121,7 +121,28 @@ pub(super) async fn consul(ctx: &mut Context<'_>) -> Check {
             "see the bootstrap check",
         );
     };
+    let own = crate::steps::node_tokens::has_own_token(ctx.spec());
+    let node = ctx.identity().instance_id.clone();
     match consul.with_token(Some(t)).acl_token_self().await {
+        // A node that is not a Consul server runs with its own node
+        // identity and nothing more: any other token (the servers' shared
+        // one, another node's) can act as other nodes.
+        Ok(Some(tok)) if own && !is_own_node_token(&tok, &node) => Check::bad(
+            "consul",
+            Level::Warn,
+            format!(
+                "{finding}; this node's agent token ({}) is not its own node identity {node} \
+                 (identities {:?})",
+                tok.accessor_id,
+                tok.node_identities
+                    .iter()
+                    .map(|n| n.node_name.as_str())
+                    .collect::<Vec<_>>()
+            ),
+            "the token was made by hand, or the node carries another node's token",
+            "consul acl token read -self; delete consul/tokens/nodes/<this instance id> from the \
+             secret store and restart kraken-agent (the Consul leader's agent makes a new one)",
+        ),
         Ok(Some(tok)) => Check::ok(
             "consul",
             format!(
@@ -144,6 +165,12 @@ pub(super) async fn consul(ctx: &mut Context<'_>) -> Check {
             "journalctl -u consul -n 50",
         ),
     }
+}
+
+/// Whether `token` is the node token the Consul leader's agent makes for
+/// `node`: that node's identity alone.
+fn is_own_node_token(token: &kraken_hashi::AclToken, node: &str) -> bool {
+    kraken_bootstrap::node_of(token) == Some(node)
 }
 
 pub(super) async fn nomad(ctx: &mut Context<'_>) -> Check {

@@ -11,7 +11,9 @@ use super::check::{Check, Context, DEADLINE, Level};
 use crate::clients;
 use crate::steps::pki;
 use crate::steps::render::render;
-use crate::steps::secrets::{SecretsMode, nomad_role_token, secrets as read_secrets};
+use crate::steps::secrets::{
+    SecretsMode, agent_token_name, nomad_role_token, secrets as read_secrets,
+};
 
 pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
     let (spec, settings) = (ctx.spec(), ctx.settings);
@@ -27,9 +29,10 @@ pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
             );
         }
     };
+    let node = ctx.identity().instance_id.clone();
     let read = tokio::time::timeout(
         DEADLINE,
-        read_secrets(store, spec, settings, SecretsMode::ReadOnly),
+        read_secrets(store, spec, &node, settings, SecretsMode::ReadOnly),
     )
     .await;
     let s = match read {
@@ -53,23 +56,24 @@ pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
             );
         }
     };
-    let mut missing = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let mut missing_name = |n: &str| missing.push(n.to_owned());
     if s.gossip_key.is_none() {
-        missing.push(names::GOSSIP_KEY);
+        missing_name(names::GOSSIP_KEY);
     }
     if spec.has(Role::ConsulServer) && s.initial_management.is_none() {
-        missing.push(names::CONSUL_INITIAL_MANAGEMENT);
+        missing_name(names::CONSUL_INITIAL_MANAGEMENT);
     }
     if spec.has(Role::NomadServer) && s.nomad_gossip_key.is_none() {
-        missing.push(names::NOMAD_GOSSIP_KEY);
+        missing_name(names::NOMAD_GOSSIP_KEY);
     }
     if s.consul_agent.is_none() {
-        missing.push(names::CONSUL_AGENT);
+        missing_name(&agent_token_name(spec, &node));
     }
     if let Some(name) = nomad_role_token(spec)
         && s.nomad_consul.is_none()
     {
-        missing.push(name);
+        missing_name(name);
     }
     // The intermediates this node issues its certificates with.
     if settings.tls.enabled {
@@ -78,7 +82,7 @@ pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
         for authority in authorities {
             let name = pki::secret_name(authority);
             if matches!(store.get(name).await, Ok(None)) {
-                missing.push(name);
+                missing.push(name.to_owned());
             }
         }
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::prepare::Prepared;
 use super::state::{Agent, Converged, OwnTokens};
 use crate::steps::follow::Follow;
-use crate::steps::{bootstrap, lifecycle, start, tokens};
+use crate::steps::{bootstrap, lifecycle, node_tokens, start, tokens};
 use crate::{BootError, clients, tuning};
 
 impl Agent {
@@ -83,7 +83,9 @@ impl Agent {
             );
         }
         let consul = clients::consul(&settings, None)?;
-        if tokens::fetch(&store, &spec, &settings, &consul, &mut self.secrets).await? {
+        self.start_node_tokens(&identity, &spec, &store);
+        let node = &identity.instance_id;
+        if tokens::fetch(&store, &spec, node, &settings, &consul, &mut self.secrets).await? {
             self.render_and_install(&identity, &spec, &peers)?;
             self.apply(&identity, &spec, &store, &[Service::Consul])
                 .await?;
@@ -131,6 +133,28 @@ impl Agent {
             own,
             published: None,
         })
+    }
+
+    /// On a Consul server, once per process, as soon as the Consul phase
+    /// is done: the task that gives every other node its own Consul token
+    /// while this node's Consul leads (`steps::node_tokens`).
+    fn start_node_tokens(&mut self, identity: &Identity, spec: &NodeSpec, store: &Store) {
+        if self.node_tokens_started || !spec.has(kraken_intent::Role::ConsulServer) {
+            return;
+        }
+        let Some(management) = self.secrets.initial_management.clone() else {
+            return;
+        };
+        self.node_tokens_started = true;
+        let watch = node_tokens::Watch {
+            settings: self.settings.clone(),
+            spec: spec.clone(),
+            node: identity.instance_id.clone(),
+            own_ip: identity.private_ipv4,
+            store: store.unsnapshotted(),
+            management,
+        };
+        tokio::spawn(watch.run());
     }
 
     pub(super) fn runs(&self, spec: &NodeSpec, service: Service) -> bool {

@@ -59,6 +59,7 @@ pub async fn run(settings: Settings) -> Result<(), BootError> {
         distrust_published: false,
         snapshot_schedule: Default::default(),
         drain_token: None,
+        node_tokens_started: false,
     };
     if let Some(address) = metrics {
         agent.record(

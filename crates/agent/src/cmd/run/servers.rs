@@ -73,14 +73,23 @@ impl Agent {
     ) -> Result<bool, BootError> {
         // The bootstrap state's digests tell whether anything was rotated
         // (`tokens::refresh`); when it cannot be read, the store is.
-        let state = match self.own_consul(node) {
-            Ok(consul) => kraken_bootstrap::read_state(&consul, &node.spec.cluster)
+        let consul = self.own_consul(node).ok();
+        let state = match &consul {
+            Some(consul) => kraken_bootstrap::read_state(consul, &node.spec.cluster)
                 .await
                 .map(|(state, _)| state)
                 .map_err(|e| log::debug!("bootstrap state unreadable, reading the store: {e}"))
                 .ok(),
-            Err(_) => None,
+            None => None,
         };
-        tokens::refresh(store, &node.spec, &mut self.secrets, state.as_ref()).await
+        tokens::refresh(
+            store,
+            &node.spec,
+            &node.identity.instance_id,
+            consul.as_ref(),
+            &mut self.secrets,
+            state.as_ref(),
+        )
+        .await
     }
 }

@@ -40,6 +40,8 @@ pub(super) struct Agent {
     /// On clients: the token the re-registration check reads Nomad's node
     /// list with (`super::reregister`), read from the store once.
     pub drain_token: Option<kraken_secrets::Secret>,
+    /// On Consul servers: the node tokens' task runs (once per process).
+    pub node_tokens_started: bool,
 }
 
 /// What one convergence produced, for the watch loop.

@@ -23,6 +23,7 @@ use super::launch::is_me;
 use super::{Context, Departure};
 use crate::clients;
 use crate::steps::restart::{self, System};
+use crate::steps::secrets::agent_token_name;
 use crate::steps::start::unit_of;
 
 #[derive(Debug, Default, Serialize)]
@@ -153,7 +154,7 @@ async fn consul_leave(
         Some(t) => Some(t),
         None => ctx
             .store
-            .get(names::CONSUL_AGENT)
+            .get(&agent_token_name(&ctx.spec, &ctx.identity.instance_id))
             .await
             .map_err(|e| e.to_string())?
             .map(|s| Token::new(s.expose())),

@@ -1,0 +1,161 @@
+//! Each node's own Consul agent token, made with Consul's node identity of
+//! that node: a leaked token can write its own node and nothing else's.
+//!
+//! A node's Consul agent joins gossip without any token, so the Consul
+//! leader sees it among its members before the node can do anything. For
+//! every alive member that is not a Consul server and has no token, the
+//! leader's agent stores a fresh secret at `consul/tokens/nodes/<name>`
+//! and then makes the token with that SecretID (write-ahead, as the role
+//! tokens: a crash between the two leaves a stored secret the next round
+//! finishes with, never a token nobody knows). The node waits for its
+//! secret and for Consul to know it, as it waits for its role tokens.
+//!
+//! A node whose member is `left`, or gone from the members (reaped), for
+//! longer than a grace, loses its stored secret and then its token (in
+//! that order: a crash in between leaves a token the next round still
+//! lists and deletes; the other order would strand a stored secret, which
+//! nothing lists). The grace exists because a client's Consul leaves on
+//! every restart, and comes back with the same token.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use kraken_hashi::{AclToken, Consul, NodeIdentity, Token};
+use kraken_secrets::{Secret, SecretStore, names};
+use serde::Serialize;
+
+use crate::error::BootstrapError;
+use crate::policies::NODE_POLICY;
+use crate::run::Bootstrap;
+
+/// The description of a node's token: the node name follows.
+pub const NODE_TOKEN_DESCRIPTION: &str = "kraken: the agent token of node ";
+
+/// What one round did, by node name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeTokens {
+    /// Tokens made for nodes that had none.
+    pub made: Vec<String>,
+    /// Tokens (and stored secrets) of departed nodes, deleted.
+    pub deleted: Vec<String>,
+}
+
+impl NodeTokens {
+    pub fn changed(&self) -> bool {
+        !self.made.is_empty() || !self.deleted.is_empty()
+    }
+}
+
+/// Since when each node holding a token has been seen departed (`left` or
+/// absent), kept by the caller between rounds. A new leader starts with
+/// none: its grace starts again, which only delays a deletion.
+pub type Departures = BTreeMap<String, Instant>;
+
+/// The node a token of ours belongs to: made by [`Bootstrap::node_tokens`]
+/// (its description) with exactly one node identity.
+pub fn node_of(token: &AclToken) -> Option<&str> {
+    let name = token.description.strip_prefix(NODE_TOKEN_DESCRIPTION)?;
+    match token.node_identities.as_slice() {
+        [one] if one.node_name == name => Some(name),
+        _ => None,
+    }
+}
+
+impl Bootstrap<'_> {
+    /// One round, on the Consul leader's agent: a token for every alive
+    /// member that is neither a Consul server nor holding one already; the
+    /// tokens of nodes departed for longer than `grace` deleted. `reader`
+    /// holds the servers' own token (members, the token list: `acl:read`);
+    /// `self.consul` (the management token) only makes and deletes.
+    /// `datacenter` is the node identities' (the cluster's Consul
+    /// datacenter). Idempotent: a round with nothing new changes nothing.
+    pub async fn node_tokens(
+        &self,
+        reader: &Consul,
+        datacenter: &str,
+        departures: &mut Departures,
+        grace: Duration,
+    ) -> Result<NodeTokens, BootstrapError> {
+        let members = reader
+            .members()
+            .await
+            .map_err(BootstrapError::consul("read Consul's members"))?;
+        let tokens = reader
+            .acl_tokens()
+            .await
+            .map_err(BootstrapError::consul("list Consul's ACL tokens"))?;
+        let held: BTreeMap<String, String> = tokens
+            .iter()
+            .filter_map(|t| node_of(t).map(|n| (n.to_owned(), t.accessor_id.clone())))
+            .collect();
+        let clients: Vec<_> = members.iter().filter(|m| !m.is_server()).collect();
+        let alive: BTreeSet<&str> = clients
+            .iter()
+            .filter(|m| m.is_alive())
+            .map(|m| m.name.as_str())
+            .collect();
+        // Failed (4) members may come back: only left (3) and leaving (2)
+        // ones, and those Consul no longer lists, count as departed.
+        let failed: BTreeSet<&str> = clients
+            .iter()
+            .filter(|m| m.status == 4)
+            .map(|m| m.name.as_str())
+            .collect();
+        let mut done = NodeTokens::default();
+        for node in &alive {
+            if !held.contains_key(*node) {
+                self.make_node_token(node, datacenter).await?;
+                log::info!("Consul token of node {node}: made (its node identity)");
+                done.made.push((*node).to_owned());
+            }
+        }
+        let now = Instant::now();
+        departures.retain(|n, _| held.contains_key(n) && !alive.contains(n.as_str()));
+        for (node, accessor) in &held {
+            if alive.contains(node.as_str()) || failed.contains(node.as_str()) {
+                departures.remove(node);
+                continue;
+            }
+            let since = *departures.entry(node.clone()).or_insert(now);
+            if now.duration_since(since) < grace {
+                continue;
+            }
+            self.store.delete(&names::consul_node_token(node)).await?;
+            self.consul
+                .acl_token_delete(accessor)
+                .await
+                .map_err(BootstrapError::consul("delete a departed node's token"))?;
+            log::info!(
+                "Consul token of node {node} ({accessor}): deleted, the node left {}s ago",
+                grace.as_secs()
+            );
+            departures.remove(node);
+            done.deleted.push(node.clone());
+        }
+        Ok(done)
+    }
+
+    /// Stores the node's secret (unless stored), then makes its token with
+    /// it. A SecretID Consul already holds is this node's token from an
+    /// earlier round that died before the list showed it.
+    async fn make_node_token(&self, node: &str, datacenter: &str) -> Result<(), BootstrapError> {
+        let secret = self
+            .store
+            .get_or_create(&names::consul_node_token(node), Secret::random_token)
+            .await?;
+        let identity = NodeIdentity {
+            node_name: node.to_owned(),
+            datacenter: datacenter.to_owned(),
+        };
+        self.consul
+            .acl_token_create_for_node(
+                &Token::new(secret.expose()),
+                &format!("{NODE_TOKEN_DESCRIPTION}{node}"),
+                &[NODE_POLICY],
+                &identity,
+            )
+            .await
+            .map_err(BootstrapError::consul("create a node's agent token"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! Each node's own Consul agent token (`steps::node_tokens`): on three
+//! Consul servers bootstrapped by the agent's code, two client Consul
+//! agents join without a token; the leader's watch gives each a token with
+//! its own node identity, which the client takes as `run` does (wait for
+//! the secret and for Consul to know it, render, reload). A client's token
+//! cannot register the other client's node; a client that leaves loses its
+//! token and its stored secret; a round with nothing new makes nothing.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::cluster::{Cluster, cluster, store};
+use crate::common::*;
+use kraken_agent::steps::node_tokens::Watch;
+use kraken_agent::steps::secrets::{self, SecretsMode};
+use kraken_agent::steps::tokens;
+use kraken_bootstrap::Departures;
+use kraken_discovery::Peers;
+use kraken_hashi::{Consul, Token};
+use kraken_identity::Identity;
+use kraken_intent::NodeSpec;
+use kraken_render::{RenderSecrets, Renderer, Service};
+use kraken_secrets::{Secret, SecretStore, names};
+use kraken_settings::Settings;
+use kraken_testkit::{LoopbackAddrs, Peer, PeerCommand, TestDir};
+
+fn settings(http: Ipv4Addr, grace_secs: u64) -> Settings {
+    Settings::parse(&format!(
+        "[secrets]\nbackend = \"ssm\"\n\n[tls]\nenabled = false\n\n\
+         [docker]\nenabled = false\n\n\
+         [consul]\nhttp_addr = \"http://{http}:8500\"\nclient_addr = \"{http}\"\n\n\
+         [nomad]\nhttp_addr = \"http://127.0.0.1:4646\"\n\n\
+         [bootstrap]\ntoken_wait_secs = 60\nnode_token_grace_secs = {grace_secs}\n"
+    ))
+    .unwrap()
+}
+
+struct Client {
+    name: String,
+    ip: Ipv4Addr,
+    identity: Identity,
+    spec: NodeSpec,
+    settings: Settings,
+    dir: TestDir,
+    peer: Option<Peer>,
+}
+
+impl Client {
+    fn consul(&self, token: Option<Token>) -> Consul {
+        Consul::new(&format!("http://{}:8500", self.ip), token).unwrap()
+    }
+
+    /// Renders and writes its consul.hcl with `secrets`.
+    fn write_config(&self, servers: &[Ipv4Addr], secrets: &RenderSecrets) {
+        let peers = Peers {
+            consul_servers: servers.iter().copied().collect(),
+            nomad_servers: Default::default(),
+        };
+        let files = Renderer::new(None)
+            .unwrap()
+            .render(&self.identity, &self.spec, &peers, &self.settings, secrets)
+            .unwrap();
+        let file = files
+            .into_iter()
+            .find(|f| f.service == Service::Consul)
+            .unwrap();
+        std::fs::write(self.dir.path().join("consul.hcl"), &file.contents).unwrap();
+    }
+
+    /// The agent token its Consul config carries, as the running agent
+    /// loaded it.
+    fn configured_token(&self) -> Token {
+        let hcl = std::fs::read_to_string(self.dir.path().join("consul.hcl")).unwrap();
+        let line = hcl
+            .lines()
+            .find(|l| l.trim_start().starts_with("agent ="))
+            .expect("an agent token in consul.hcl");
+        Token::new(line.split('"').nth(1).unwrap())
+    }
+}
+
+/// A client Consul agent rendered by the agent's renderer (no token yet)
+/// and started: it joins the servers' gossip with none.
+async fn client(c: &Cluster, i: u8, ip: Ipv4Addr) -> Client {
+    let name = format!("i-0c11e47{i:010}");
+    let s = settings(ip, 0);
+    let identity = Identity {
+        instance_id: name.clone(),
+        region: REGION.into(),
+        availability_zone: format!("{REGION}a"),
+        private_ipv4: ip,
+        tags: tags(&[
+            ("kraken:cluster", &c.cluster),
+            ("kraken:roles", "nomad-client"),
+        ]),
+        vpc_id: None,
+        tags_source: Default::default(),
+    };
+    let spec = NodeSpec::from_tags(&identity.tags, &s.intent).unwrap();
+    let store = store(&c.moto, &c.cluster).await;
+    let held = secrets::secrets(&store, &spec, &name, &s, SecretsMode::ReadOnly)
+        .await
+        .unwrap();
+    assert!(held.consul_agent.is_none(), "no token before it joined");
+    let dir = TestDir::new("node-token-client");
+    let mut s2 = s.clone();
+    s2.paths.consul_data_dir = dir.path().join("data");
+    let mut client = Client {
+        name,
+        ip,
+        identity,
+        spec,
+        settings: s2,
+        peer: None,
+        dir,
+    };
+    client.write_config(&c.consul_ips, &held);
+    client.peer = Some(
+        PeerCommand::consul("consul-client", client.dir.path())
+            .arg("agent")
+            .arg(format!(
+                "-config-file={}",
+                client.dir.path().join("consul.hcl").display()
+            ))
+            .spawn(),
+    );
+    client
+}
+
+/// What `systemctl reload consul` does: SIGHUP, and Consul reads its
+/// config again (the agent token among it).
+fn reload(cl: &Client) {
+    let pid = cl.peer.as_ref().and_then(|p| p.pid()).unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "SIGHUP to Consul {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() {
+    let c = cluster("nodetokens").await;
+    c.participant(0, None).await.unwrap();
+    let store = store(&c.moto, &c.cluster).await;
+
+    // The leader's watch, as a Consul server's `run` starts it.
+    let leader: std::net::SocketAddr = c
+        .consul(0, None)
+        .leader()
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let std::net::IpAddr::V4(leader_ip) = leader.ip() else {
+        unreachable!()
+    };
+    let server_tags = tags(&[
+        ("kraken:cluster", &c.cluster),
+        ("kraken:roles", "consul-server"),
+    ]);
+    let watch = Watch {
+        settings: settings(leader_ip, 0),
+        spec: NodeSpec::from_tags(&server_tags, &Settings::default().intent).unwrap(),
+        node: "leader".into(),
+        own_ip: leader_ip,
+        store: store.clone(),
+        management: Secret::new(c.management.expose()),
+    };
+    let server_token = store.get(names::CONSUL_SERVER).await.unwrap().unwrap();
+    let reader = Consul::new(
+        &format!("http://{leader_ip}:8500"),
+        Some(Token::new(server_token.expose())),
+    )
+    .unwrap();
+    let mut departures = Departures::new();
+
+    let ips = LoopbackAddrs::allocate(2);
+    let mut clients = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        clients.push(client(&c, i as u8, *ip).await);
+    }
+    // A follower's agent does nothing: one writer, the leader's.
+    let follower = c
+        .consul_ips
+        .iter()
+        .find(|ip| **ip != leader_ip)
+        .copied()
+        .unwrap();
+    let not_leading = Watch {
+        own_ip: follower,
+        ..watch_clone(&watch)
+    };
+    let mut made = Vec::new();
+    let started = std::time::Instant::now();
+    while made.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "made {made:?}");
+        assert_eq!(
+            not_leading
+                .round(&reader, &mut Departures::new())
+                .await
+                .unwrap(),
+            None
+        );
+        let done = watch
+            .round(&reader, &mut departures)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(done.deleted.is_empty(), "{done:?}");
+        made.extend(done.made);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    made.sort();
+    let mut names_: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
+    names_.sort();
+    assert_eq!(made, names_, "one token for each client, none for servers");
+    let boot_cost = started.elapsed();
+
+    // Each client takes its own, as `run` does: the secret, Consul knowing
+    // it, the rendered config, a reload.
+    for cl in &clients {
+        let mut held = secrets::secrets(
+            &store,
+            &cl.spec,
+            &cl.name,
+            &cl.settings,
+            SecretsMode::ReadOnly,
+        )
+        .await
+        .unwrap();
+        held.consul_agent = None;
+        let agent = cl.consul(None);
+        let fetched = tokens::fetch(&store, &cl.spec, &cl.name, &cl.settings, &agent, &mut held);
+        // The Nomad client's role token is made by the bootstrap already.
+        assert!(fetched.await.unwrap());
+        cl.write_config(&c.consul_ips, &held);
+        reload(cl);
+    }
+
+    for cl in &clients {
+        // The token the agent actually runs with is its own node identity.
+        let token = cl.configured_token();
+        let me = kraken_testkit::wait_for(
+            "the reloaded agent token",
+            Duration::from_secs(30),
+            || async {
+                cl.consul(Some(token.clone()))
+                    .acl_token_self()
+                    .await
+                    .ok()
+                    .flatten()
+            },
+        )
+        .await
+        .unwrap();
+        let ids: Vec<(String, String)> = me
+            .node_identities
+            .iter()
+            .map(|n| (n.node_name.clone(), n.datacenter.clone()))
+            .collect();
+        assert_eq!(ids, [(cl.name.clone(), cl.spec.datacenter.clone())]);
+        assert_eq!(
+            me.policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["kraken-node"]
+        );
+        eprintln!(
+            "node tokens: {} runs with {} {:?}",
+            cl.name, me.accessor_id, ids
+        );
+
+        // Its node is in the catalog (the agent's anti-entropy with its
+        // token), and a service registered on it (as Nomad does, with the
+        // Nomad client's token) too.
+        let nomad_client = store
+            .get(names::CONSUL_NOMAD_CLIENT)
+            .await
+            .unwrap()
+            .unwrap();
+        register_service(cl, &nomad_client).await;
+        let catalog = cl.consul(Some(token.clone()));
+        kraken_testkit::wait_for(
+            "the node and its service in the catalog",
+            Duration::from_secs(60),
+            || async {
+                catalog
+                    .node_service_names(&cl.name)
+                    .await
+                    .ok()
+                    .filter(|s| s.iter().any(|s| s == "web"))
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // A's token is refused as B's node, and accepted as its own.
+    let (a, b) = (&clients[0], &clients[1]);
+    let as_node = |node: &str| serde_json::json!({ "Node": node, "Address": a.ip.to_string(), "Datacenter": a.spec.datacenter });
+    let status = catalog_register(a, &a.configured_token(), &as_node(&b.name)).await;
+    assert_eq!(status, 403, "A's token registering as B");
+    let status = catalog_register(a, &a.configured_token(), &as_node(&a.name)).await;
+    assert_eq!(status, 200, "A's token registering as A");
+    eprintln!("node tokens: A as B -> {}, A as A -> 200", 403);
+
+    // A rerun makes nothing new.
+    let again = watch
+        .round(&reader, &mut departures)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.changed(), "{again:?}");
+    let tokens_before = node_token_count(&c).await;
+    assert_eq!(tokens_before, 2);
+
+    // B leaves: past the grace (zero here), its token and secret are gone.
+    let b_token = b.configured_token();
+    b.consul(Some(b_token.clone())).leave().await.unwrap();
+    let started = std::time::Instant::now();
+    let deleted = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "B's token never deleted"
+        );
+        let done = watch
+            .round(&reader, &mut departures)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(done.made.is_empty(), "{done:?}");
+        if !done.deleted.is_empty() {
+            break done.deleted;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(deleted, std::slice::from_ref(&b.name));
+    assert_eq!(
+        c.consul(0, Some(b_token)).acl_token_self().await.unwrap(),
+        None,
+        "B's token is gone from Consul"
+    );
+    assert_eq!(
+        store.get(&names::consul_node_token(&b.name)).await.unwrap(),
+        None,
+        "B's secret is gone from the store"
+    );
+    assert_eq!(node_token_count(&c).await, 1, "A keeps its own");
+    eprintln!(
+        "node tokens: both clients' tokens made {:.1}s after they started",
+        boot_cost.as_secs_f64()
+    );
+    drop(clients);
+}
+
+fn watch_clone(w: &Watch) -> Watch {
+    Watch {
+        settings: w.settings.clone(),
+        spec: w.spec.clone(),
+        node: w.node.clone(),
+        own_ip: w.own_ip,
+        store: w.store.clone(),
+        management: w.management.clone(),
+    }
+}
+
+async fn node_token_count(c: &Cluster) -> usize {
+    c.consul(0, Some(c.management.clone()))
+        .acl_tokens()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| kraken_bootstrap::node_of(t).is_some())
+        .count()
+}
+
+async fn register_service(cl: &Client, token: &Secret) {
+    let r = kraken_testkit::http_client()
+        .put(format!("http://{}:8500/v1/agent/service/register", cl.ip))
+        .header("X-Consul-Token", token.expose())
+        .json(&serde_json::json!({ "Name": "web", "Port": 8080 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+async fn catalog_register(cl: &Client, token: &Token, body: &serde_json::Value) -> u16 {
+    kraken_testkit::http_client()
+        .put(format!("http://{}:8500/v1/catalog/register", cl.ip))
+        .header("X-Consul-Token", token.expose())
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
