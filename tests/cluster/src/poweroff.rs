@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use kraken_testkit::asg::{EndedBy, LifecycleFake};
 
-use crate::api::{consul_url, nomad_url};
+use crate::api::{Tokens, consul_url, nomad_url};
 use crate::cluster::Cluster;
 use crate::lifecycle::{
     HookReport, LAUNCHING, Report, asg_name, consul_member_status, hook_report, voter_failures,
     voters,
 };
 
-/// Serf's member status of a node that left (1 alive, 3 left, 4 failed).
+/// Serf's member statuses.
+const ALIVE: i64 = 1;
 const LEFT: i64 = 3;
 const FAILED: i64 = 4;
 /// How long autopilot may take to remove the dead server once its
@@ -67,7 +68,7 @@ pub async fn power_off(
             .failures
             .push(format!("{name}: did not shut down within 450 s"));
     }
-    let member = consul_member_status(cluster, &tokens, &id).await;
+    let member = settled_member_status(cluster, &tokens, &id).await;
     report
         .left
         .push(serde_json::json!({ name: { "consul_member_status": member } }));
@@ -152,6 +153,21 @@ async fn replace_server(
     }
     // `finish` reports what is still wrong.
     Ok(())
+}
+
+/// Serf's status of the member once it is no longer alive: a member that
+/// left says so at once, one that went down is declared failed by gossip a
+/// few seconds later (probes, then suspicion). Alive after 30 s is what it
+/// is.
+async fn settled_member_status(cluster: &Cluster, tokens: &Tokens, id: &str) -> Option<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = consul_member_status(cluster, tokens, id).await;
+        if status != Some(ALIVE) || Instant::now() >= deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The Consul and Nomad leaders as the running servers say (None: none
