@@ -553,6 +553,21 @@ pub async fn launch(cluster: &mut Cluster, group: &str) -> Result<Report> {
     let tokens = cluster.tokens().await?;
     report.voters_before = voters(cluster, &tokens).await;
     let traffic = Traffic::start(cluster, tokens, 2);
+    launch_through_hook(cluster, &fake, group, &mut report).await?;
+    add_traffic(&mut report, traffic.finish().await);
+    finish(cluster, &mut report, started).await?;
+    fake.shutdown().await;
+    Ok(report)
+}
+
+/// One more instance of `group`, through the group's launching hook, which
+/// its agent must complete: the new VM's name.
+pub async fn launch_through_hook(
+    cluster: &mut Cluster,
+    fake: &LifecycleFake,
+    group: &str,
+    report: &mut Report,
+) -> Result<String> {
     let vm = cluster.launch(group, None).await?;
     let (name, id) = (vm.name.clone(), vm.instance_id.clone());
     fake.begin(&asg_name(group), LAUNCHING, &id).await?;
@@ -563,8 +578,5 @@ pub async fn launch(cluster: &mut Cluster, group: &str) -> Result<Report> {
         ));
     }
     report.hooks.push(hook_report(&name, outcome, LAUNCHING));
-    add_traffic(&mut report, traffic.finish().await);
-    finish(cluster, &mut report, started).await?;
-    fake.shutdown().await;
-    Ok(report)
+    Ok(name)
 }

@@ -13,13 +13,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use kraken_testkit::asg::{EndedBy, LifecycleFake};
+use kraken_testkit::asg::LifecycleFake;
 
 use crate::api::{Tokens, consul_url, nomad_url};
 use crate::cluster::Cluster;
 use crate::lifecycle::{
-    HookReport, LAUNCHING, Report, asg_name, consul_member_status, hook_report, voter_failures,
-    voters,
+    HookReport, Report, consul_member_status, launch_through_hook, voter_failures, voters,
 };
 
 /// Serf's member statuses.
@@ -127,17 +126,8 @@ async fn replace_server(
     old: &str,
     report: &mut Report,
 ) -> Result<()> {
-    let vm = cluster.launch(group, None).await?;
-    let (new, id) = (vm.name.clone(), vm.instance_id.clone());
+    let new = launch_through_hook(cluster, fake, group, report).await?;
     cluster.log(format!("{new}: launched to replace {old}"));
-    fake.begin(&asg_name(group), LAUNCHING, &id).await?;
-    let outcome = fake.wait_outcome(&id, Duration::from_secs(600)).await;
-    if !outcome.as_ref().is_some_and(|o| o.by == EndedBy::Completed) {
-        report.failures.push(format!(
-            "{new}: the launching hook was not completed by its agent"
-        ));
-    }
-    report.hooks.push(hook_report(&new, outcome, LAUNCHING));
     report.replaced.push((old.to_owned(), new.clone()));
     let tokens = cluster.tokens().await?;
     let started = Instant::now();
