@@ -20,9 +20,10 @@ use serde_json::Value;
 use crate::api::{Tokens, consul_url, nomad_url};
 use crate::checks::hcl_values;
 use crate::cluster::Cluster;
-use crate::lifecycle::{self, HookReport, LAUNCHING, Voters, asg_name};
+use crate::lifecycle::{self, HookReport, LAUNCHING, asg_name};
 use crate::traffic::{Figures, Traffic};
 use crate::vm::Vm;
+use crate::voters::{self, Voters};
 
 /// How long the recovery may take on this 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
@@ -109,7 +110,7 @@ pub async fn lose_servers(cluster: &mut Cluster) -> Result<LossReport> {
         first_failures: Vec::new(),
         lost: Vec::new(),
         replacements: Vec::new(),
-        voters_before: lifecycle::voters(cluster, &tokens).await,
+        voters_before: voters::voters(cluster, &tokens).await,
         voters_after: Voters::default(),
         hooks: Vec::new(),
         web_job_submitted_again: false,
@@ -210,10 +211,10 @@ pub async fn lose_servers(cluster: &mut Cluster) -> Result<LossReport> {
         ));
     }
     let tokens = cluster.tokens().await?;
-    report.voters_after = lifecycle::voters(cluster, &tokens).await;
+    report.voters_after = voters::voters(cluster, &tokens).await;
     report
         .failures
-        .extend(lifecycle::voter_failures(cluster, &report.voters_after));
+        .extend(voters::voter_failures(cluster, &report.voters_after));
     report.seconds = since(started);
     Ok(report)
 }

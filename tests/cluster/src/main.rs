@@ -31,6 +31,7 @@ mod topology;
 mod traffic;
 mod upgrade;
 mod vm;
+mod voters;
 mod warm;
 mod web;
 

@@ -17,9 +17,8 @@ use kraken_testkit::asg::LifecycleFake;
 
 use crate::api::{Tokens, consul_url, nomad_url};
 use crate::cluster::Cluster;
-use crate::lifecycle::{
-    HookReport, Report, consul_member_status, launch_through_hook, voter_failures, voters,
-};
+use crate::lifecycle::{HookReport, Report, consul_member_status, launch_through_hook};
+use crate::voters::{voter_failures, voters};
 
 /// Serf's member statuses.
 const ALIVE: i64 = 1;

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use crate::api::{consul_url, nomad_url};
 use crate::cluster::Cluster;
-use crate::lifecycle::{self, Voters};
 use crate::traffic::Traffic;
+use crate::voters::{self, Voters};
 
 /// The bucket in moto's S3.
 pub const BUCKET: &str = "kraken-snapshots";
@@ -215,10 +215,10 @@ pub async fn restore(cluster: &mut Cluster) -> Result<RestoreReport> {
         ));
     }
     let tokens = cluster.tokens().await?;
-    report.voters_after = lifecycle::voters(cluster, &tokens).await;
+    report.voters_after = voters::voters(cluster, &tokens).await;
     report
         .failures
-        .extend(lifecycle::voter_failures(cluster, &report.voters_after));
+        .extend(voters::voter_failures(cluster, &report.voters_after));
     report.seconds = since(started);
     Ok(report)
 }

@@ -25,7 +25,7 @@ pub async fn add(cluster: &mut Cluster, group: &str) -> Result<Report> {
     let fake = lifecycle::autoscaling(cluster).await?;
     let mut report = lifecycle::new_report(format!("warm add {group}"));
     let tokens = cluster.tokens().await?;
-    report.voters_before = lifecycle::voters(cluster, &tokens).await;
+    report.voters_before = crate::voters::voters(cluster, &tokens).await;
     let traffic = Traffic::start(cluster, tokens.clone(), 2);
     let vm = cluster.launch_as(group, None, Some(WARM)).await?;
     let (name, id) = (vm.name.clone(), vm.instance_id.clone());
@@ -77,7 +77,7 @@ pub async fn start(cluster: &mut Cluster, name: &str) -> Result<Report> {
     let fake = lifecycle::autoscaling(cluster).await?;
     let mut report = lifecycle::new_report(format!("warm start {name}"));
     let tokens = cluster.tokens().await?;
-    report.voters_before = lifecycle::voters(cluster, &tokens).await;
+    report.voters_before = crate::voters::voters(cluster, &tokens).await;
     let traffic = Traffic::start(cluster, tokens.clone(), 2);
     let vm = cluster.vm(name)?;
     let (group, id) = (vm.group.clone(), vm.instance_id.clone());
