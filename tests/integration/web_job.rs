@@ -234,6 +234,31 @@ async fn web_job_runs_two_instances_found_through_consul() {
             .iter()
             .find(|e| e["Type"] == "Terminated")
             .unwrap_or_else(|| panic!("no Terminated event: {events:#?}"));
+        let message = terminated["Message"].as_str().unwrap_or_default();
+        if message.starts_with("executor: error waiting on process") {
+            // Nomad lost the exit status: its executor went before it
+            // reported the wait (hashicorp/nomad#24220, seen once in CI).
+            // The task's own log still says whether it stopped gracefully.
+            let id = alloc["ID"].as_str().unwrap();
+            let log = http
+                .get(format!(
+                    "{nomad_url}/v1/client/fs/logs/{id}?task=web&type=stderr&plain=true&origin=start"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let stopping = log.find("SIGINT: stopping");
+            let stopped = log.rfind("stopped");
+            assert!(
+                stopping.is_some() && stopped > stopping,
+                "Nomad lost the exit status ({message}), and the task's log does not say it \
+                 stopped on SIGINT:\n{log}"
+            );
+            continue;
+        }
         assert_eq!(
             (&terminated["ExitCode"], &terminated["Signal"]),
             (&Value::from(0), &Value::from(0)),
