@@ -318,6 +318,44 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
     let tokens_before = node_token_count(&c).await;
     assert_eq!(tokens_before, 2);
 
+    // A's token deleted in Consul (by hand, or lost): the next round makes
+    // it again with the stored secret, so the token in A's config works
+    // again with no change on A.
+    let management = a.consul(Some(Token::new(watch.management.expose())));
+    let a_token = a.configured_token();
+    let accessor = a
+        .consul(Some(a_token.clone()))
+        .acl_token_self()
+        .await
+        .unwrap()
+        .expect("A's token is known")
+        .accessor_id;
+    management.acl_token_delete(&accessor).await.unwrap();
+    assert!(
+        matches!(
+            a.consul(Some(a_token.clone())).acl_token_self().await,
+            Ok(None)
+        ),
+        "A's deleted token is not found"
+    );
+    let remade = watch
+        .round(&reader, &mut departures)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(remade.made, std::slice::from_ref(&a.name), "{remade:?}");
+    let me = a
+        .consul(Some(a_token))
+        .acl_token_self()
+        .await
+        .unwrap()
+        .expect("A's configured token is known again");
+    assert_ne!(
+        me.accessor_id, accessor,
+        "a new token, with the stored secret"
+    );
+    assert_eq!(node_token_count(&c).await, 2);
+
     // B leaves: past the grace (zero here), its token and secret are gone.
     let b_token = b.configured_token();
     b.consul(Some(b_token.clone())).leave().await.unwrap();
