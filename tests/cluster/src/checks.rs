@@ -97,7 +97,7 @@ fn first<'a>(servers: &'a [&'a Node<'a>], what: &str) -> Result<&'a str> {
 }
 
 /// Every running server answers and names the same leader.
-async fn leader(
+pub async fn leader(
     api: &Api,
     servers: &[&Node<'_>],
     url: fn(&str, &str) -> String,

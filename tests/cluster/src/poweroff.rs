@@ -16,6 +16,7 @@ use anyhow::Result;
 use kraken_testkit::asg::LifecycleFake;
 
 use crate::api::{Tokens, consul_url, nomad_url};
+use crate::checks::{self, Node};
 use crate::cluster::Cluster;
 use crate::lifecycle::{HookReport, Report, consul_member_status, launch_through_hook};
 use crate::voters::{voter_failures, voters};
@@ -102,14 +103,14 @@ pub async fn power_off(
             }
         ));
     }
-    let (consul, nomad) = leaders(cluster).await;
+    let (consul, nomad) = leaders(cluster, &tokens).await;
     cluster.log(format!(
         "{name}: down; Consul leader {consul:?}, Nomad leader {nomad:?} among the {} left",
         servers - 1
     ));
-    if consul.is_none() || nomad.is_none() {
+    if let (Err(e), _) | (_, Err(e)) = (&consul, &nomad) {
         report.failures.push(format!(
-            "{name}: without it, Consul leader {consul:?}, Nomad leader {nomad:?}: quorum lost"
+            "{name}: without it, the servers left have no agreed leader ({e:#}): quorum lost"
         ));
     }
     replace_server(cluster, fake, &group, name, report).await
@@ -126,7 +127,7 @@ async fn replace_server(
     report: &mut Report,
 ) -> Result<()> {
     let new = launch_through_hook(cluster, fake, group, report).await?;
-    cluster.log(format!("{new}: launched to replace {old}"));
+    cluster.log(format!("{new}: replaced {old} (its launching hook is done)"));
     report.replaced.push((old.to_owned(), new.clone()));
     let tokens = cluster.tokens().await?;
     let started = Instant::now();
@@ -159,27 +160,17 @@ async fn settled_member_status(cluster: &Cluster, tokens: &Tokens, id: &str) -> 
     }
 }
 
-/// The Consul and Nomad leaders as the running servers say (None: none
-/// answered with one).
-async fn leaders(cluster: &Cluster) -> (Option<String>, Option<String>) {
-    let Ok(tokens) = cluster.tokens().await else {
-        return (None, None);
-    };
-    let (mut consul, mut nomad) = (None, None);
-    for node in cluster.nodes() {
-        let a = &node.vm.address;
-        if consul.is_none() && node.group.is_consul_server() {
-            let url = consul_url(a, "/v1/status/leader");
-            if let Ok((200, l)) = cluster.api.get(&url, tokens.consul_header()).await {
-                consul = l.as_str().filter(|l| !l.is_empty()).map(str::to_owned);
-            }
-        }
-        if nomad.is_none() && node.group.is_nomad_server() {
-            let url = nomad_url(a, "/v1/status/leader");
-            if let Ok((200, l)) = cluster.api.get(&url, tokens.nomad_header()).await {
-                nomad = l.as_str().filter(|l| !l.is_empty()).map(str::to_owned);
-            }
-        }
-    }
-    (consul, nomad)
+/// The Consul and Nomad leaders, each agreed by every running server (the
+/// check `cluster status` makes); an error says which is missing.
+async fn leaders(cluster: &Cluster, tokens: &Tokens) -> (Result<String>, Result<String>) {
+    let nodes = cluster.nodes();
+    let consul: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.group.is_consul_server())
+        .collect();
+    let nomad: Vec<&Node> = nodes.iter().filter(|n| n.group.is_nomad_server()).collect();
+    (
+        checks::leader(&cluster.api, &consul, consul_url, tokens.consul_header()).await,
+        checks::leader(&cluster.api, &nomad, nomad_url, tokens.nomad_header()).await,
+    )
 }
