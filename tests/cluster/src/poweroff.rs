@@ -127,7 +127,9 @@ async fn replace_server(
     report: &mut Report,
 ) -> Result<()> {
     let new = launch_through_hook(cluster, fake, group, report).await?;
-    cluster.log(format!("{new}: replaced {old} (its launching hook is done)"));
+    cluster.log(format!(
+        "{new}: replaced {old} (its launching hook is done)"
+    ));
     report.replaced.push((old.to_owned(), new.clone()));
     let tokens = cluster.tokens().await?;
     let started = Instant::now();
