@@ -24,7 +24,7 @@ mod workload;
 pub use error::BootstrapError;
 pub use kraken_secrets::names;
 pub use lease::{Lease, LeaseSettings};
-pub use nodes::{Departures, NODE_TOKEN_DESCRIPTION, NodeTokens, node_of};
+pub use nodes::{Ledger, NODE_TOKEN_DESCRIPTION, NodeTokens, node_of};
 pub use policies::{AGENT_VERSION, NODE_POLICY, POLICIES, ROLE_TOKENS, version_of, versioned};
 pub use run::{Bootstrap, CRASH_AFTER_ENV, Report};
 pub use state::{

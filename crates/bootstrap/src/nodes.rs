@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kraken_hashi::{AclToken, Consul, NodeIdentity, Token};
-use kraken_secrets::{Secret, SecretStore, names};
+use kraken_secrets::{Created, Secret, SecretStore, names};
 use serde::Serialize;
 
 use crate::error::BootstrapError;
@@ -46,10 +46,30 @@ impl NodeTokens {
     }
 }
 
-/// Since when each node holding a token has been seen departed (`left` or
-/// absent), kept by the caller between rounds. A new leader starts with
-/// none: its grace starts again, which only delays a deletion.
-pub type Departures = BTreeMap<String, Instant>;
+/// What the leader's agent knows between rounds, kept by the caller. A new
+/// leader starts with an empty one ([`Ledger::clear`]): its grace starts
+/// again, which only delays a deletion, and it makes nothing in a quick
+/// round before its first full one.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Since when each node holding a token has been seen departed (`left`
+    /// or absent).
+    departures: BTreeMap<String, Instant>,
+    /// The nodes holding a token: as the last full round listed them, plus
+    /// those made since. `None` before the first full round.
+    held: Option<BTreeSet<String>>,
+}
+
+impl Ledger {
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Whether a full round has filled it (a quick round needs one).
+    pub fn is_synced(&self) -> bool {
+        self.held.is_some()
+    }
+}
 
 /// The node a token of ours belongs to: made by [`Bootstrap::node_tokens`]
 /// (its description) with exactly one node identity.
@@ -73,7 +93,7 @@ impl Bootstrap<'_> {
         &self,
         reader: &Consul,
         datacenter: &str,
-        departures: &mut Departures,
+        ledger: &mut Ledger,
         grace: Duration,
     ) -> Result<NodeTokens, BootstrapError> {
         let members = reader
@@ -102,13 +122,15 @@ impl Bootstrap<'_> {
             .map(|m| m.name.as_str())
             .collect();
         let mut done = NodeTokens::default();
+        let mut holding: BTreeSet<String> = held.keys().cloned().collect();
         for node in &alive {
             if !held.contains_key(*node) {
                 self.make_node_token(node, datacenter).await?;
-                log::info!("Consul token of node {node}: made (its node identity)");
+                holding.insert((*node).to_owned());
                 done.made.push((*node).to_owned());
             }
         }
+        let departures = &mut ledger.departures;
         let now = Instant::now();
         departures.retain(|n, _| held.contains_key(n) && !alive.contains(n.as_str()));
         for (node, accessor) in &held {
@@ -130,19 +152,54 @@ impl Bootstrap<'_> {
                 grace.as_secs()
             );
             departures.remove(node);
+            holding.remove(node);
             done.deleted.push(node.clone());
         }
+        ledger.held = Some(holding);
         Ok(done)
+    }
+
+    /// A quick round: a token for every alive member that is not a Consul
+    /// server and that the ledger does not know to hold one. Lists the
+    /// members only; deletes nothing. Makes nothing before the ledger's
+    /// first full round.
+    pub async fn quick_node_tokens(
+        &self,
+        reader: &Consul,
+        datacenter: &str,
+        ledger: &mut Ledger,
+    ) -> Result<Vec<String>, BootstrapError> {
+        let Some(held) = &mut ledger.held else {
+            return Ok(Vec::new());
+        };
+        let members = reader
+            .members()
+            .await
+            .map_err(BootstrapError::consul("read Consul's members"))?;
+        let mut made = Vec::new();
+        for m in members.iter().filter(|m| !m.is_server() && m.is_alive()) {
+            if !held.contains(&m.name) {
+                self.make_node_token(&m.name, datacenter).await?;
+                held.insert(m.name.clone());
+                made.push(m.name.clone());
+            }
+        }
+        Ok(made)
     }
 
     /// Stores the node's secret (unless stored), then makes its token with
     /// it. A SecretID Consul already holds is this node's token from an
     /// earlier round that died before the list showed it.
+    ///
+    /// Create first, read only when it exists: a new node (the usual case)
+    /// costs one store transaction, not two (`docs/benchmarks.md`).
     async fn make_node_token(&self, node: &str, datacenter: &str) -> Result<(), BootstrapError> {
-        let secret = self
-            .store
-            .get_or_create(&names::consul_node_token(node), Secret::random_token)
-            .await?;
+        let name = names::consul_node_token(node);
+        let fresh = Secret::random_token();
+        let secret = match self.store.create(&name, &fresh).await? {
+            Created::Won => fresh,
+            Created::Lost(stored) => stored,
+        };
         let identity = NodeIdentity {
             node_name: node.to_owned(),
             datacenter: datacenter.to_owned(),
@@ -156,6 +213,7 @@ impl Bootstrap<'_> {
             )
             .await
             .map_err(BootstrapError::consul("create a node's agent token"))?;
+        log::info!("Consul token of node {node}: made (its node identity)");
         Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! Each node's own Consul agent token (`steps::node_tokens`): on three
 //! Consul servers bootstrapped by the agent's code, two client Consul
-//! agents join without a token; the leader's watch gives each a token with
-//! its own node identity, which the client takes as `run` does (wait for
-//! the secret and for Consul to know it, render, reload). A client's token
+//! agents join without a token; the leader's watch, running as `run` runs
+//! it but with its full rounds an hour apart, gives each a token with its
+//! own node identity from a quick round (its membership clock moved),
+//! which the client takes as `run` does (wait for the secret and for
+//! Consul to know it, render, reload). A client's token
 //! cannot register the other client's node; a client that leaves loses its
 //! token and its stored secret; a round with nothing new makes nothing.
 
@@ -14,7 +16,7 @@ use crate::common::*;
 use kraken_agent::steps::node_tokens::Watch;
 use kraken_agent::steps::secrets::{self, SecretsMode};
 use kraken_agent::steps::tokens;
-use kraken_bootstrap::Departures;
+use kraken_bootstrap::Ledger;
 use kraken_discovery::Peers;
 use kraken_hashi::{Consul, Token};
 use kraken_identity::Identity;
@@ -43,6 +45,8 @@ struct Client {
     settings: Settings,
     dir: TestDir,
     peer: Option<Peer>,
+    /// When its Consul was started.
+    started: std::time::Instant,
 }
 
 impl Client {
@@ -113,8 +117,10 @@ async fn client(c: &Cluster, i: u8, ip: Ipv4Addr) -> Client {
         settings: s2,
         peer: None,
         dir,
+        started: std::time::Instant::now(),
     };
     client.write_config(&c.consul_ips, &held);
+    client.started = std::time::Instant::now();
     client.peer = Some(
         PeerCommand::consul("consul-client", client.dir.path())
             .arg("agent")
@@ -175,13 +181,8 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         Some(Token::new(server_token.expose())),
     )
     .unwrap();
-    let mut departures = Departures::new();
+    let mut ledger = Ledger::default();
 
-    let ips = LoopbackAddrs::allocate(2);
-    let mut clients = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        clients.push(client(&c, i as u8, *ip).await);
-    }
     // A follower's agent does nothing: one writer, the leader's.
     let follower = c
         .consul_ips
@@ -193,31 +194,30 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         own_ip: follower,
         ..watch_clone(&watch)
     };
-    let mut made = Vec::new();
-    let started = std::time::Instant::now();
-    while made.len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "made {made:?}");
-        assert_eq!(
-            not_leading
-                .round(&reader, &mut Departures::new())
-                .await
-                .unwrap(),
-            None
-        );
-        let done = watch
-            .round(&reader, &mut departures)
+    assert_eq!(
+        not_leading
+            .round(&reader, &mut Ledger::default())
             .await
-            .unwrap()
-            .unwrap();
-        assert!(done.deleted.is_empty(), "{done:?}");
-        made.extend(done.made);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+            .unwrap(),
+        None
+    );
+    // The leader's first full round: no client yet, nothing to make.
+    let first = watch.round(&reader, &mut ledger).await.unwrap().unwrap();
+    assert!(!first.changed(), "{first:?}");
+
+    // The watch as a Consul server's `run` starts it, its full rounds an
+    // hour apart: the tokens of the clients that join now come from quick
+    // rounds, or not at all.
+    let mut quick = watch_clone(&watch);
+    quick.settings.bootstrap.node_token_secs = 3600;
+    let running = tokio::spawn(quick.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ips = LoopbackAddrs::allocate(2);
+    let mut clients = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        clients.push(client(&c, i as u8, *ip).await);
     }
-    made.sort();
-    let mut names_: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
-    names_.sort();
-    assert_eq!(made, names_, "one token for each client, none for servers");
-    let boot_cost = started.elapsed();
 
     // Each client takes its own, as `run` does: the secret, Consul knowing
     // it, the rendered config, a reload.
@@ -236,9 +236,21 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         let fetched = tokens::fetch(&store, &cl.spec, &cl.name, &cl.settings, &agent, &mut held);
         // The Nomad client's role token is made by the bootstrap already.
         assert!(fetched.await.unwrap());
+        eprintln!(
+            "node tokens: {} holds its token {:.1}s after its Consul started",
+            cl.name,
+            cl.started.elapsed().as_secs_f64()
+        );
         cl.write_config(&c.consul_ips, &held);
         reload(cl);
     }
+    let boot_cost = clients[0].started.elapsed();
+    running.abort();
+    assert_eq!(
+        node_token_count(&c).await,
+        2,
+        "one token for each client, none for servers"
+    );
 
     for cl in &clients {
         // The token the agent actually runs with is its own node identity.
@@ -309,11 +321,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
     eprintln!("node tokens: A as B -> {}, A as A -> 200", 403);
 
     // A rerun makes nothing new.
-    let again = watch
-        .round(&reader, &mut departures)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = watch.round(&reader, &mut ledger).await.unwrap().unwrap();
     assert!(!again.changed(), "{again:?}");
     let tokens_before = node_token_count(&c).await;
     assert_eq!(tokens_before, 2);
@@ -338,11 +346,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         ),
         "A's deleted token is not found"
     );
-    let remade = watch
-        .round(&reader, &mut departures)
-        .await
-        .unwrap()
-        .unwrap();
+    let remade = watch.round(&reader, &mut ledger).await.unwrap().unwrap();
     assert_eq!(remade.made, std::slice::from_ref(&a.name), "{remade:?}");
     let me = a
         .consul(Some(a_token))
@@ -365,11 +369,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
             started.elapsed() < Duration::from_secs(60),
             "B's token never deleted"
         );
-        let done = watch
-            .round(&reader, &mut departures)
-            .await
-            .unwrap()
-            .unwrap();
+        let done = watch.round(&reader, &mut ledger).await.unwrap().unwrap();
         assert!(done.made.is_empty(), "{done:?}");
         if !done.deleted.is_empty() {
             break done.deleted;
@@ -389,7 +389,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
     );
     assert_eq!(node_token_count(&c).await, 1, "A keeps its own");
     eprintln!(
-        "node tokens: both clients' tokens made {:.1}s after they started",
+        "node tokens: both clients held their tokens {:.1}s after the first started",
         boot_cost.as_secs_f64()
     );
     drop(clients);

@@ -3,6 +3,13 @@
 //! leader's agent with Consul's node identity of that node
 //! (`kraken_bootstrap::Bootstrap::node_tokens`).
 //!
+//! A full round (every `bootstrap.node_token_secs`) lists every token and
+//! deletes those of departed nodes; in between, the leader reads its
+//! gossip pool's membership clock every second and, when it moved, makes
+//! the tokens of the nodes that just joined in a quick round. A joining
+//! node so waits about a second for its token, not a period
+//! (`docs/benchmarks.md`, warm start).
+//!
 //! It runs in a task of its own, started as soon as the Consul phase is
 //! done, not in the watch loop: a Consul server that also runs Nomad
 //! reaches its watch loop only once Nomad has a leader, and a Nomad server
@@ -12,7 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use kraken_bootstrap::{Bootstrap, Departures, NodeTokens};
+use kraken_bootstrap::{Bootstrap, Ledger, NodeTokens};
 use kraken_hashi::{Consul, Token};
 use kraken_intent::{NodeSpec, Role};
 use kraken_secrets::{Secret, SecretStore, Store, names};
@@ -22,6 +29,10 @@ use crate::{BootError, clients, tuning};
 
 /// Failed rounds in a row after which the servers' token is read again.
 const REREAD_AFTER: u32 = 12;
+
+/// How often the leader looks at its membership clock: a joining node's
+/// wait for its token. One small local read (`/v1/agent/self`).
+const TICK: Duration = Duration::from_secs(1);
 
 /// What the leader's watch needs, owned: it outlives the convergence.
 pub struct Watch {
@@ -36,28 +47,52 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Every `bootstrap.node_token_secs` (give or take a tenth), for the
-    /// process's life: a round when this node's Consul leads. A failed
-    /// round is logged and tried again at the next.
+    /// For the process's life: a full round every
+    /// `bootstrap.node_token_secs` (give or take a tenth), and a quick one
+    /// within a [`TICK`] of the membership clock moving, while this node's
+    /// Consul leads. A failed round is logged and tried again at the next.
     pub async fn run(self) {
         let period = Duration::from_secs(self.settings.bootstrap.node_token_secs.max(1));
-        let mut departures = Departures::new();
+        let mut ledger = Ledger::default();
         let mut reader: Option<Consul> = None;
         let mut failures = 0u32;
+        let mut next_full = tokio::time::Instant::now();
+        let mut clock: Option<u64> = None;
         loop {
             if reader.is_none() {
                 reader = self.reader().await;
             }
             if let Some(r) = &reader {
-                match self.round(r, &mut departures).await {
+                let full = tokio::time::Instant::now() >= next_full;
+                // Read before the round: a join during it moves the clock
+                // again, and the next tick sees that.
+                let moved = match r.lan_member_time().await {
+                    Ok(now) => std::mem::replace(&mut clock, now) != now,
+                    Err(_) => false,
+                };
+                let outcome = if full {
+                    next_full =
+                        tokio::time::Instant::now() + kraken_discovery::jittered(period, 0.1);
+                    self.round(r, &mut ledger).await
+                } else if moved {
+                    self.quick_round(r, &mut ledger).await
+                } else {
+                    Ok(None)
+                };
+                match outcome {
                     Ok(done) => {
-                        failures = 0;
+                        if full {
+                            failures = 0;
+                        }
                         if let Some(done) = done.filter(NodeTokens::changed) {
                             log::info!("node tokens: {done:?}");
                         }
                     }
                     Err(e) => {
                         log::warn!("node tokens: {e}; trying again in {}s", period.as_secs());
+                        // A quick round that failed is made good by the
+                        // next full one.
+                        clock = None;
                         failures += 1;
                         // The servers' token may have been rotated: read
                         // it again after a minute of failures (not every
@@ -69,7 +104,7 @@ impl Watch {
                     }
                 }
             }
-            tokio::time::sleep(kraken_discovery::jittered(period, 0.1)).await;
+            tokio::time::sleep(TICK).await;
         }
     }
 
@@ -87,12 +122,49 @@ impl Watch {
         }
     }
 
-    /// One round; `None` when this node's Consul does not lead.
+    /// One full round; `None` when this node's Consul does not lead.
     pub async fn round(
         &self,
         reader: &Consul,
-        departures: &mut Departures,
+        ledger: &mut Ledger,
     ) -> Result<Option<NodeTokens>, BootError> {
+        let Some(b) = self.leading(reader, ledger).await? else {
+            return Ok(None);
+        };
+        let grace = Duration::from_secs(self.settings.bootstrap.node_token_grace_secs);
+        let done = b
+            .node_tokens(reader, &self.spec.datacenter, ledger, grace)
+            .await?;
+        Ok(Some(done))
+    }
+
+    /// One quick round (tokens for the nodes that joined since the last
+    /// round, nothing deleted); `None` when this node's Consul does not
+    /// lead.
+    pub async fn quick_round(
+        &self,
+        reader: &Consul,
+        ledger: &mut Ledger,
+    ) -> Result<Option<NodeTokens>, BootError> {
+        let Some(b) = self.leading(reader, ledger).await? else {
+            return Ok(None);
+        };
+        let made = b
+            .quick_node_tokens(reader, &self.spec.datacenter, ledger)
+            .await?;
+        Ok(Some(NodeTokens {
+            made,
+            deleted: Vec::new(),
+        }))
+    }
+
+    /// The writer when this node's Consul leads; otherwise `None`, and the
+    /// ledger forgotten (another leader keeps its own).
+    async fn leading(
+        &self,
+        reader: &Consul,
+        ledger: &mut Ledger,
+    ) -> Result<Option<Bootstrap<'_>>, BootError> {
         let leader = reader
             .leader()
             .await
@@ -101,12 +173,11 @@ impl Watch {
             .and_then(|l| l.parse::<SocketAddr>().ok())
             .is_some_and(|a| a.ip() == IpAddr::V4(self.own_ip));
         if !leads {
-            // Another leader keeps its own clock of departures.
-            departures.clear();
+            ledger.clear();
             return Ok(None);
         }
         let writer = clients::consul(&self.settings, Some(Token::new(self.management.expose())))?;
-        let b = Bootstrap {
+        Ok(Some(Bootstrap {
             consul: writer,
             nomad: None,
             store: &self.store,
@@ -114,12 +185,7 @@ impl Watch {
             node: self.node.clone(),
             lease: tuning::lease(&self.settings),
             crash_after: None,
-        };
-        let grace = Duration::from_secs(self.settings.bootstrap.node_token_grace_secs);
-        let done = b
-            .node_tokens(reader, &self.spec.datacenter, departures, grace)
-            .await?;
-        Ok(Some(done))
+        }))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Step 3: the cluster secrets this node's configs carry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kraken_discovery::Backoff;
+use kraken_hashi::Consul;
 use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
@@ -146,13 +147,64 @@ pub async fn wait_for_secret(
     settings: &Settings,
 ) -> Result<Secret, BootError> {
     let waited = tuning::secret_wait(settings);
-    let deadline = std::time::Instant::now() + waited;
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    poll_until(store, name, Instant::now() + waited, waited, backoff).await
+}
+
+/// This node's own Consul agent token (`steps::node_tokens`): the Consul
+/// leader's agent makes and stores it within about a second of seeing this
+/// node join. So the store is read once a second from about then (when
+/// this node's Consul, asked locally and for free, sees a leader) for
+/// [`OWN_TOKEN_FAST_READS`] reads, then with the backoff of any secret. A
+/// blind backoff read it up to 8 s late; a steady read from the start
+/// would cost a booting fleet one read a second while its servers are not
+/// there yet.
+pub async fn wait_for_own_token(
+    store: &Store,
+    name: &str,
+    consul: &Consul,
+    settings: &Settings,
+) -> Result<Secret, BootError> {
+    let waited = tuning::secret_wait(settings);
+    let deadline = Instant::now() + waited;
+    while !matches!(consul.leader().await, Ok(Some(_))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The leader's next look at its members, and its store write.
+    tokio::time::sleep(OWN_TOKEN_FIRST_READ).await;
+    for _ in 0..OWN_TOKEN_FAST_READS {
+        if let Some(s) = store.get(name).await? {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(15));
+    poll_until(store, name, deadline, waited, backoff).await
+}
+
+/// After this node's Consul sees a leader, when its own token is first
+/// read: the leader looks at its members every second.
+const OWN_TOKEN_FIRST_READ: Duration = Duration::from_millis(1500);
+
+/// Reads a second apart before the backoff: a leader that has not made the
+/// token in this long is not there or not done bootstrapping.
+const OWN_TOKEN_FAST_READS: u32 = 10;
+
+async fn poll_until(
+    store: &Store,
+    name: &str,
+    deadline: Instant,
+    waited: Duration,
+    mut backoff: Backoff,
+) -> Result<Secret, BootError> {
     loop {
         if let Some(s) = store.get(name).await? {
             return Ok(s);
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return Err(BootError::SecretAbsent {
                 name: name.to_owned(),
                 location: store.location(name).unwrap_or_default(),

@@ -19,7 +19,9 @@ use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
 
 use crate::steps::node_tokens;
-use crate::steps::secrets::{agent_token_name, nomad_role_token, wait_for_secret};
+use crate::steps::secrets::{
+    agent_token_name, nomad_role_token, wait_for_own_token, wait_for_secret,
+};
 use crate::{BootError, tuning};
 
 /// Whether this node has every token its role installs.
@@ -45,7 +47,11 @@ pub async fn fetch(
         return Ok(false);
     }
     let name = agent_token_name(spec, node);
-    let agent = wait_for_secret(store, &name, settings).await?;
+    let agent = if node_tokens::has_own_token(spec) {
+        wait_for_own_token(store, &name, consul, settings).await?
+    } else {
+        wait_for_secret(store, &name, settings).await?
+    };
     wait_until_known(consul, &name, &agent, settings).await?;
     secrets.consul_agent = Some(agent);
     if let Some(name) = nomad_role_token(spec) {

@@ -145,6 +145,18 @@ impl Consul {
         self.http.get_json("/v1/agent/self").await
     }
 
+    /// The LAN gossip pool's membership clock as this agent knows it
+    /// (Serf's `member_time`, `agent:read`): it moves at every join, leave
+    /// or failure the agent learns of, so one small read tells whether
+    /// the member list changed. `None` when the agent does not report it.
+    pub async fn lan_member_time(&self) -> Result<Option<u64>, HashiError> {
+        let me = self.agent_self().await?;
+        Ok(me
+            .pointer("/Stats/serf_lan/member_time")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// Autopilot's configuration, as stored in Raft (`operator:read`).
     pub async fn autopilot_config(&self) -> Result<serde_json::Value, HashiError> {
         self.http
