@@ -17,7 +17,7 @@
 #   KRAKEN_AGENT_BIN      kraken-agent binary; default: `cargo build -p
 #                         kraken-agent` (KRAKEN_AGENT_PROFILE=release for
 #                         --release) into CARGO_TARGET_DIR (default
-#                         $KRAKEN_CACHE/target), and that binary
+#                         the checkout's target/), and that binary
 #   KRAKEN_CONSUL_BIN     default $CONSUL_BIN (`eval "$(cargo xtask deps)"`),
 #                         else the one $KRAKEN_CACHE/bin/consul-*
 #   KRAKEN_NOMAD_BIN      default $NOMAD_BIN, else the one $KRAKEN_CACHE/bin/nomad-*
@@ -82,7 +82,7 @@ fi
 agent_bin=${KRAKEN_AGENT_BIN:-}
 if [ -z "$agent_bin" ]; then
   profile=${KRAKEN_AGENT_PROFILE:-debug}
-  target_dir=${CARGO_TARGET_DIR:-$cache/target}
+  target_dir=${CARGO_TARGET_DIR:-$repo/target}
   log "building kraken-agent ($profile) into $target_dir"
   args=(build --quiet -p kraken-agent --manifest-path "$repo/Cargo.toml")
   [ "$profile" = release ] && args+=(--release)

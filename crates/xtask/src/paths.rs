@@ -30,10 +30,15 @@ pub fn workspace_root() -> PathBuf {
     xtask_dir().join("../..")
 }
 
-/// Where `test` and `cluster` build: `CARGO_TARGET_DIR`, else the cache's.
+/// Where `test` and `cluster` build: `CARGO_TARGET_DIR`, else the
+/// checkout's own `target/`. Not a directory shared by every checkout:
+/// cargo hashes a workspace's units by paths relative to its root, so two
+/// checkouts sharing one target directory share artifacts, and a build in
+/// one can leave the other running binaries of the first (the older
+/// sources look fresh next to them).
 pub fn target_dir() -> Result<PathBuf> {
     Ok(match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => cache_dir()?.join("target"),
+        _ => workspace_root().join("target"),
     })
 }

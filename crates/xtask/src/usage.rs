@@ -63,4 +63,4 @@ commands:
 
 environment:
   KRAKEN_CACHE       cache directory (default: ~/.cache/kraken)
-  CARGO_TARGET_DIR   for `test`; defaults to $KRAKEN_CACHE/target";
+  CARGO_TARGET_DIR   for `test` and `cluster`; defaults to the checkout's target/";
