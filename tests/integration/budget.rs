@@ -224,15 +224,15 @@ async fn two_hundred_agents_make_the_projected_calls() {
         })
         .collect();
     assert_eq!(nodes.len(), 200);
-    // Each client's own Consul token, as the Consul leader's agent stores
-    // it once the client's Consul has joined (`steps::node_tokens`).
-    for n in nodes
-        .iter()
-        .filter(|n| !n.spec.has(kraken_intent::Role::ConsulServer))
-    {
-        let store = moto_store(&moto.endpoint(), &format!("c{}", n.cluster), TEST_KEY).await;
-        let name = names::consul_node_token(&n.name);
-        store.create(&name, &Secret::random_token()).await.unwrap();
+    // Each cluster's node-token key, as its first Consul server's step 3
+    // creates it: every node's own Consul agent token is derived from it
+    // (`steps::node_tokens`), nothing per node is stored.
+    for c in 0..CLUSTERS {
+        let store = moto_store(&moto.endpoint(), &format!("c{c}"), TEST_KEY).await;
+        store
+            .get_or_create(names::NODE_TOKEN_KEY, Secret::gossip_key)
+            .await
+            .unwrap();
     }
 
     // Boot into running clusters, as `run` does it: step 3's secrets and
@@ -244,13 +244,22 @@ async fn two_hundred_agents_make_the_projected_calls() {
     for mut n in nodes.drain(..) {
         let settings = settings.clone();
         set.spawn(async move {
-            let batch = secrets::boot_names(&n.spec, &settings, &n.name);
+            let batch = secrets::boot_names(&n.spec, &settings);
             let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
             let view = n.store.snapshot(&batch).await.unwrap();
             n.held = secrets::secrets(&view, &n.spec, &n.name, &settings, SecretsMode::Boot)
                 .await
                 .unwrap();
-            assert!(tokens::has_role_tokens(&n.spec, &n.held));
+            if kraken_agent::steps::node_tokens::has_own_token(&n.spec) {
+                // Its own agent token is derived; the configs carry it once
+                // Consul knows it (`tokens::fetch`, which reads nothing
+                // more from the store: the key is in the batch).
+                let own = secrets::own_agent_token(&view, &n.spec, &n.name).await;
+                n.held.consul_agent = own.unwrap();
+                assert!(tokens::has_role_tokens(&n.spec, &n.held));
+            } else {
+                assert!(tokens::has_role_tokens(&n.spec, &n.held));
+            }
             let authorities = pki::authorities(&view, &n.spec, &settings, SecretsMode::Boot)
                 .await
                 .unwrap();

@@ -1,42 +1,55 @@
 //! Each node's own Consul agent token, made with Consul's node identity of
 //! that node: a leaked token can write its own node and nothing else's.
 //!
+//! A node's SecretID is derived: HMAC of the cluster's node-token key
+//! (`consul/node-token-key`, which every agent reads in its boot batch)
+//! and the node name ([`Secret::derived_token`]). The leader's agent makes
+//! the token with it; the node computes it and waits for Consul to know
+//! it. Nothing per node goes through the secret store, so a booting node
+//! costs the store its one batch and no more (`docs/benchmarks.md`), and
+//! a Consul that lost its data gets every node's token back with the same
+//! SecretID. Revoking one node's token means rotating the key (every
+//! node's token changes; `docs/operations.md`).
+//!
 //! A node's Consul agent joins gossip without any token, so the Consul
 //! leader sees it among its members before the node can do anything. For
-//! every alive member that is not a Consul server and has no token, the
-//! leader's agent stores a fresh secret at `consul/tokens/nodes/<name>`
-//! and then makes the token with that SecretID (write-ahead, as the role
-//! tokens: a crash between the two leaves a stored secret the next round
-//! finishes with, never a token nobody knows). The node waits for its
-//! secret and for Consul to know it, as it waits for its role tokens.
+//! every alive member that is not a Consul server and has no token of the
+//! current key, the leader's agent makes one (a token of an older key is
+//! deleted first).
 //!
 //! A node whose member is `left`, or gone from the members (reaped), for
-//! longer than a grace, loses its stored secret and then its token (in
-//! that order: a crash in between leaves a token the next round still
-//! lists and deletes; the other order would strand a stored secret, which
-//! nothing lists). The grace exists because a client's Consul leaves on
-//! every restart, and comes back with the same token.
+//! longer than a grace, loses its token. The grace exists because a
+//! client's Consul leaves on every restart, and comes back with the same
+//! token.
+//!
+//! A full round lists every ACL token, which grows with the fleet; a quick
+//! round ([`Bootstrap::quick_node_tokens`]) lists only the members and
+//! trusts the leader's [`Ledger`] of who holds a token, so the leader can
+//! answer a join within a second without listing thousands of tokens a
+//! second.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use kraken_hashi::{AclToken, Consul, NodeIdentity, Token};
-use kraken_secrets::{Created, Secret, SecretStore, names};
+use kraken_secrets::Secret;
 use serde::Serialize;
 
 use crate::error::BootstrapError;
 use crate::policies::NODE_POLICY;
 use crate::run::Bootstrap;
 
-/// The description of a node's token: the node name follows.
+/// The description of a node's token: the node name follows, then
+/// [`KEY_MARK`] and the fingerprint of the key it was derived with.
 pub const NODE_TOKEN_DESCRIPTION: &str = "kraken: the agent token of node ";
+const KEY_MARK: &str = ", key ";
 
 /// What one round did, by node name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeTokens {
     /// Tokens made for nodes that had none.
     pub made: Vec<String>,
-    /// Tokens (and stored secrets) of departed nodes, deleted.
+    /// Tokens of departed nodes, deleted.
     pub deleted: Vec<String>,
 }
 
@@ -74,11 +87,22 @@ impl Ledger {
 /// The node a token of ours belongs to: made by [`Bootstrap::node_tokens`]
 /// (its description) with exactly one node identity.
 pub fn node_of(token: &AclToken) -> Option<&str> {
-    let name = token.description.strip_prefix(NODE_TOKEN_DESCRIPTION)?;
+    let rest = token.description.strip_prefix(NODE_TOKEN_DESCRIPTION)?;
+    let name = rest.split_once(KEY_MARK).map_or(rest, |(name, _)| name);
     match token.node_identities.as_slice() {
         [one] if one.node_name == name => Some(name),
         _ => None,
     }
+}
+
+/// The fingerprint of the key a token of ours was derived with.
+fn key_of(token: &AclToken) -> Option<&str> {
+    token.description.rsplit_once(KEY_MARK).map(|(_, fp)| fp)
+}
+
+/// The description of `node`'s token derived with the key `fingerprint`.
+fn description(node: &str, fingerprint: &str) -> String {
+    format!("{NODE_TOKEN_DESCRIPTION}{node}{KEY_MARK}{fingerprint}")
 }
 
 impl Bootstrap<'_> {
@@ -93,6 +117,7 @@ impl Bootstrap<'_> {
         &self,
         reader: &Consul,
         datacenter: &str,
+        key: &Secret,
         ledger: &mut Ledger,
         grace: Duration,
     ) -> Result<NodeTokens, BootstrapError> {
@@ -104,10 +129,22 @@ impl Bootstrap<'_> {
             .acl_tokens()
             .await
             .map_err(BootstrapError::consul("list Consul's ACL tokens"))?;
-        let held: BTreeMap<String, String> = tokens
-            .iter()
-            .filter_map(|t| node_of(t).map(|n| (n.to_owned(), t.accessor_id.clone())))
-            .collect();
+        let fingerprint = key.fingerprint();
+        // A token of another key (the key was rotated) is deleted and made
+        // again with the current one; its node takes the new one at its
+        // next token check.
+        let mut held: BTreeMap<String, String> = BTreeMap::new();
+        for t in &tokens {
+            let Some(node) = node_of(t) else { continue };
+            if key_of(t) == Some(fingerprint.as_str()) {
+                held.insert(node.to_owned(), t.accessor_id.clone());
+            } else {
+                self.consul.acl_token_delete(&t.accessor_id).await.map_err(
+                    BootstrapError::consul("delete a node's token of an older key"),
+                )?;
+                log::info!("Consul token of node {node}: deleted, made with an older key");
+            }
+        }
         let clients: Vec<_> = members.iter().filter(|m| !m.is_server()).collect();
         let alive: BTreeSet<&str> = clients
             .iter()
@@ -125,7 +162,7 @@ impl Bootstrap<'_> {
         let mut holding: BTreeSet<String> = held.keys().cloned().collect();
         for node in &alive {
             if !held.contains_key(*node) {
-                self.make_node_token(node, datacenter).await?;
+                self.make_node_token(node, datacenter, key).await?;
                 holding.insert((*node).to_owned());
                 done.made.push((*node).to_owned());
             }
@@ -142,7 +179,6 @@ impl Bootstrap<'_> {
             if now.duration_since(since) < grace {
                 continue;
             }
-            self.store.delete(&names::consul_node_token(node)).await?;
             self.consul
                 .acl_token_delete(accessor)
                 .await
@@ -167,6 +203,7 @@ impl Bootstrap<'_> {
         &self,
         reader: &Consul,
         datacenter: &str,
+        key: &Secret,
         ledger: &mut Ledger,
     ) -> Result<Vec<String>, BootstrapError> {
         let Some(held) = &mut ledger.held else {
@@ -179,7 +216,7 @@ impl Bootstrap<'_> {
         let mut made = Vec::new();
         for m in members.iter().filter(|m| !m.is_server() && m.is_alive()) {
             if !held.contains(&m.name) {
-                self.make_node_token(&m.name, datacenter).await?;
+                self.make_node_token(&m.name, datacenter, key).await?;
                 held.insert(m.name.clone());
                 made.push(m.name.clone());
             }
@@ -187,19 +224,16 @@ impl Bootstrap<'_> {
         Ok(made)
     }
 
-    /// Stores the node's secret (unless stored), then makes its token with
-    /// it. A SecretID Consul already holds is this node's token from an
-    /// earlier round that died before the list showed it.
-    ///
-    /// Create first, read only when it exists: a new node (the usual case)
-    /// costs one store transaction, not two (`docs/benchmarks.md`).
-    async fn make_node_token(&self, node: &str, datacenter: &str) -> Result<(), BootstrapError> {
-        let name = names::consul_node_token(node);
-        let fresh = Secret::random_token();
-        let secret = match self.store.create(&name, &fresh).await? {
-            Created::Won => fresh,
-            Created::Lost(stored) => stored,
-        };
+    /// Makes the node's token with its derived SecretID. A SecretID Consul
+    /// already holds is this node's token from an earlier round that died
+    /// before the list showed it.
+    async fn make_node_token(
+        &self,
+        node: &str,
+        datacenter: &str,
+        key: &Secret,
+    ) -> Result<(), BootstrapError> {
+        let secret = Secret::derived_token(key, node);
         let identity = NodeIdentity {
             node_name: node.to_owned(),
             datacenter: datacenter.to_owned(),
@@ -207,7 +241,7 @@ impl Bootstrap<'_> {
         self.consul
             .acl_token_create_for_node(
                 &Token::new(secret.expose()),
-                &format!("{NODE_TOKEN_DESCRIPTION}{node}"),
+                &description(node, &key.fingerprint()),
                 &[NODE_POLICY],
                 &identity,
             )

@@ -5,20 +5,14 @@ pub const GOSSIP_KEY: &str = "consul/gossip-key";
 /// Consul's `initial_management` token; Consul servers only.
 pub const CONSUL_INITIAL_MANAGEMENT: &str = "consul/tokens/initial-management";
 /// The Consul agent token of the Consul servers (made by the bootstrap;
-/// only Consul servers read it). Every other node has its own:
-/// [`consul_node_token`].
+/// only Consul servers read it). Every other node has its own, derived
+/// from [`NODE_TOKEN_KEY`].
 pub const CONSUL_AGENT: &str = "consul/tokens/agent";
-/// Where the Consul leader's agent stores each node's own agent token
-/// (Consul's node identity of that node, `docs/operations.md`), by node
-/// name: the instance id.
-pub const CONSUL_NODE_TOKENS: &str = "consul/tokens/nodes";
-
-/// The stored agent token of the node named `node` (its instance id):
-/// `consul/tokens/nodes/<node>`. IAM lets a node read its own only
-/// (`docs/iam.md`).
-pub fn consul_node_token(node: &str) -> String {
-    format!("{CONSUL_NODE_TOKENS}/{node}")
-}
+/// The key each node's own Consul agent token is derived from
+/// ([`crate::Secret::derived_token`] of the key and the node name, the
+/// instance id; `docs/operations.md`, node tokens). Consul servers create
+/// it; every node reads it.
+pub const NODE_TOKEN_KEY: &str = "consul/node-token-key";
 /// Nomad servers' Consul token.
 pub const CONSUL_NOMAD_SERVER: &str = "consul/tokens/nomad-server";
 /// Nomad clients' Consul token.

@@ -154,6 +154,14 @@ impl Api {
     }
 }
 
+const NODE_TOKEN_OF: &str = "the own Consul agent token of ";
+
+/// What [`Tokens::get`] takes for a node's own Consul agent token (no
+/// store holds it: it is derived).
+pub fn node_token(instance_id: &str) -> String {
+    format!("{NODE_TOKEN_OF}{instance_id}")
+}
+
 #[derive(Clone)]
 pub struct Tokens {
     pub consul: String,
@@ -174,6 +182,21 @@ impl Tokens {
             nomad: get(names::NOMAD_MANAGEMENT)?,
             all,
         })
+    }
+
+    /// A secret by name, or, for a name of [`node_token`], the node's own
+    /// Consul agent token as every agent derives it from the node-token
+    /// key (`steps::node_tokens`).
+    pub fn get(&self, name: &str) -> Option<String> {
+        match name.strip_prefix(NODE_TOKEN_OF) {
+            Some(node) => self.all.get(names::NODE_TOKEN_KEY).map(|key| {
+                let key = kraken_secrets::Secret::new(key.clone());
+                kraken_secrets::Secret::derived_token(&key, node)
+                    .expose()
+                    .to_owned()
+            }),
+            None => self.all.get(name).cloned(),
+        }
     }
 
     pub fn consul_header(&self) -> Option<(&str, &str)> {

@@ -261,7 +261,7 @@ async fn node_tokens(
         let agent = if n.group.is_consul_server() {
             names::CONSUL_AGENT.to_owned()
         } else {
-            names::consul_node_token(&n.vm.instance_id)
+            crate::api::node_token(&n.vm.instance_id)
         };
         let mut want = vec![("consul.hcl", "/etc/consul.d/consul.hcl", "agent", agent)];
         if n.group.is_nomad_server() {
@@ -284,7 +284,8 @@ async fn node_tokens(
                 problems.push(format!("{}: cannot read {path}", n.vm.name));
                 continue;
             };
-            let expected = tokens.all.get(&secret).map(String::as_str);
+            let expected = tokens.get(&secret);
+            let expected = expected.as_deref();
             if expected.is_none() || !hcl_values(&text, key).contains(&expected.unwrap_or_default())
             {
                 problems.push(format!(

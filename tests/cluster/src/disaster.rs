@@ -309,7 +309,7 @@ async fn client_tokens(cluster: &Cluster, vm: &Vm, tokens: &Tokens) -> Vec<Token
         // A client's Consul agent token is its own (`steps::node_tokens`).
         (
             "consul-agent",
-            names::consul_node_token(&vm.instance_id),
+            crate::api::node_token(&vm.instance_id),
             consul_agent,
         ),
         (
@@ -340,7 +340,7 @@ async fn client_tokens(cluster: &Cluster, vm: &Vm, tokens: &Tokens) -> Vec<Token
         let mut verdict = TokenVerdict {
             node: vm.name.clone(),
             token,
-            same_as_store: secret.is_some() && tokens.all.get(&name) == secret.as_ref(),
+            same_as_store: secret.is_some() && tokens.get(&name).as_ref() == secret.as_ref(),
             source,
             asked: format!(
                 "{} agent on {} ({})",

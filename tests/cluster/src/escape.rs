@@ -201,10 +201,14 @@ fn task_env(cluster: &Cluster, vm: &Vm) -> Result<BTreeMap<&'static str, String>
         ("IMDS", imds),
         ("SSM", ssm),
         ("REGION", crate::cloud::REGION.to_owned()),
-        // The node's own Consul agent token: what a task would want most.
+        // The key every node's own Consul agent token is derived from:
+        // what a task would want most.
         (
             "SSM_NAME",
-            format!("/kraken/{CLUSTER}/consul/tokens/nodes/{}", vm.instance_id),
+            format!(
+                "/kraken/{CLUSTER}/{}",
+                kraken_secrets::names::NODE_TOKEN_KEY
+            ),
         ),
         ("TOKEN_FILES", tokens.join(" ")),
         ("TLS_KEYS", keys.join(" ")),

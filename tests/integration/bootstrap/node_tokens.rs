@@ -3,17 +3,19 @@
 //! agents join without a token; the leader's watch, running as `run` runs
 //! it but with its full rounds an hour apart, gives each a token with its
 //! own node identity from a quick round (its membership clock moved),
-//! which the client takes as `run` does (wait for the secret and for
-//! Consul to know it, render, reload). A client's token
-//! cannot register the other client's node; a client that leaves loses its
-//! token and its stored secret; a round with nothing new makes nothing.
+//! which the client takes as `run` does (derive it from the node-token
+//! key, wait for Consul to know it, render, reload). A client's token
+//! cannot register the other client's node; a deleted token comes back
+//! with the same secret; a rotated key replaces every node's token and
+//! each node takes its new one; a client that leaves loses its token; a
+//! round with nothing new makes nothing.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::cluster::{Cluster, cluster, store};
 use crate::common::*;
-use kraken_agent::steps::node_tokens::Watch;
+use kraken_agent::steps::node_tokens::{Reader, Watch};
 use kraken_agent::steps::secrets::{self, SecretsMode};
 use kraken_agent::steps::tokens;
 use kraken_bootstrap::Ledger;
@@ -102,7 +104,9 @@ async fn client(c: &Cluster, i: u8, ip: Ipv4Addr) -> Client {
     };
     let spec = NodeSpec::from_tags(&identity.tags, &s.intent).unwrap();
     let store = store(&c.moto, &c.cluster).await;
-    let held = secrets::secrets(&store, &spec, &name, &s, SecretsMode::ReadOnly)
+    // As `run`'s step 3: its own token is derivable, but Consul (not
+    // running) does not know it, so the first config carries none.
+    let held = secrets::secrets(&store, &spec, &name, &s, SecretsMode::Boot)
         .await
         .unwrap();
     assert!(held.consul_agent.is_none(), "no token before it joined");
@@ -176,11 +180,19 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         management: Secret::new(c.management.expose()),
     };
     let server_token = store.get(names::CONSUL_SERVER).await.unwrap().unwrap();
-    let reader = Consul::new(
-        &format!("http://{leader_ip}:8500"),
-        Some(Token::new(server_token.expose())),
-    )
-    .unwrap();
+    // The node-token key, as a Consul server's step 3 creates it.
+    let key = store
+        .get_or_create(names::NODE_TOKEN_KEY, Secret::gossip_key)
+        .await
+        .unwrap();
+    let mut reader = Reader {
+        consul: Consul::new(
+            &format!("http://{leader_ip}:8500"),
+            Some(Token::new(server_token.expose())),
+        )
+        .unwrap(),
+        key: key.clone(),
+    };
     let mut ledger = Ledger::default();
 
     // A follower's agent does nothing: one writer, the leader's.
@@ -327,8 +339,8 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
     assert_eq!(tokens_before, 2);
 
     // A's token deleted in Consul (by hand, or lost): the next round makes
-    // it again with the stored secret, so the token in A's config works
-    // again with no change on A.
+    // it again with the same derived secret, so the token in A's config
+    // works again with no change on A.
     let management = a.consul(Some(Token::new(watch.management.expose())));
     let a_token = a.configured_token();
     let accessor = a
@@ -356,11 +368,64 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         .expect("A's configured token is known again");
     assert_ne!(
         me.accessor_id, accessor,
-        "a new token, with the stored secret"
+        "a new token, with the same derived secret"
     );
     assert_eq!(node_token_count(&c).await, 2);
 
-    // B leaves: past the grace (zero here), its token and secret are gone.
+    // The key rotated (`docs/operations.md`): the next full round, with the
+    // new key, replaces every node's token; each node takes its new one at
+    // its token check (`tokens::refresh`: Consul no longer knows the one it
+    // holds), and runs with it.
+    let rotated = Secret::gossip_key();
+    store.put(names::NODE_TOKEN_KEY, &rotated).await.unwrap();
+    reader.key = rotated;
+    let done = watch.round(&reader, &mut ledger).await.unwrap().unwrap();
+    let mut remade = done.made.clone();
+    remade.sort();
+    let mut both: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
+    both.sort();
+    assert_eq!(remade, both, "{done:?}");
+    for cl in &clients {
+        let old = cl.configured_token();
+        assert!(
+            matches!(
+                cl.consul(Some(old.clone())).acl_token_self().await,
+                Ok(None)
+            ),
+            "{}: the token of the old key is gone",
+            cl.name
+        );
+        let mut held = secrets::secrets(
+            &store,
+            &cl.spec,
+            &cl.name,
+            &cl.settings,
+            SecretsMode::ReadOnly,
+        )
+        .await
+        .unwrap();
+        held.consul_agent = Some(Secret::new(old.expose()));
+        let agent = cl.consul(None);
+        let changed = tokens::refresh(&store, &cl.spec, &cl.name, Some(&agent), &mut held, None);
+        assert!(changed.await.unwrap(), "{}: takes the new token", cl.name);
+        cl.write_config(&c.consul_ips, &held);
+        reload(cl);
+        let new = cl.configured_token();
+        assert_ne!(new.expose(), old.expose());
+        kraken_testkit::wait_for("the new token", Duration::from_secs(30), || async {
+            cl.consul(Some(new.clone()))
+                .acl_token_self()
+                .await
+                .ok()
+                .flatten()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(node_token_count(&c).await, 2, "the old key's are deleted");
+    eprintln!("node tokens: key rotated, both nodes run with their new tokens");
+
+    // B leaves: past the grace (zero here), its token is gone.
     let b_token = b.configured_token();
     b.consul(Some(b_token.clone())).leave().await.unwrap();
     let started = std::time::Instant::now();
@@ -381,11 +446,6 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
         c.consul(0, Some(b_token)).acl_token_self().await.unwrap(),
         None,
         "B's token is gone from Consul"
-    );
-    assert_eq!(
-        store.get(&names::consul_node_token(&b.name)).await.unwrap(),
-        None,
-        "B's secret is gone from the store"
     );
     assert_eq!(node_token_count(&c).await, 1, "A keeps its own");
     eprintln!(

@@ -72,7 +72,7 @@ async fn plan<P: IdentityProvider>(
             let peers = discovery::discover(&ec2, &spec).await?;
             let ssm_calls = kraken_aws::ApiCalls::default();
             let node = &identity.instance_id;
-            let names = secrets::boot_names(&spec, settings, node);
+            let names = secrets::boot_names(&spec, settings);
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let store = Store::from_settings(&settings.secrets, &spec.cluster, &sdk, &ssm_calls)?
                 .snapshot(&names)

@@ -27,12 +27,21 @@ use kraken_settings::Settings;
 
 use crate::{BootError, clients, tuning};
 
-/// Failed rounds in a row after which the servers' token is read again.
+/// Full rounds after which the servers' token and the node-token key are
+/// read again (one store transaction): a rotated key reaches the leader
+/// within about a minute, and so does a rotated token after failures.
 const REREAD_AFTER: u32 = 12;
 
 /// How often the leader looks at its membership clock: a joining node's
 /// wait for its token. One small local read (`/v1/agent/self`).
 const TICK: Duration = Duration::from_secs(1);
+
+/// What the leader's rounds read with: the servers' own token, and the key
+/// every node's token is derived from.
+pub struct Reader {
+    pub consul: Consul,
+    pub key: Secret,
+}
 
 /// What the leader's watch needs, owned: it outlives the convergence.
 pub struct Watch {
@@ -54,8 +63,8 @@ impl Watch {
     pub async fn run(self) {
         let period = Duration::from_secs(self.settings.bootstrap.node_token_secs.max(1));
         let mut ledger = Ledger::default();
-        let mut reader: Option<Consul> = None;
-        let mut failures = 0u32;
+        let mut reader: Option<Reader> = None;
+        let mut fulls = 0u32;
         let mut next_full = tokio::time::Instant::now();
         let mut clock: Option<u64> = None;
         loop {
@@ -66,13 +75,14 @@ impl Watch {
                 let full = tokio::time::Instant::now() >= next_full;
                 // Read before the round: a join during it moves the clock
                 // again, and the next tick sees that.
-                let moved = match r.lan_member_time().await {
+                let moved = match r.consul.lan_member_time().await {
                     Ok(now) => std::mem::replace(&mut clock, now) != now,
                     Err(_) => false,
                 };
                 let outcome = if full {
                     next_full =
                         tokio::time::Instant::now() + kraken_discovery::jittered(period, 0.1);
+                    fulls += 1;
                     self.round(r, &mut ledger).await
                 } else if moved {
                     self.quick_round(r, &mut ledger).await
@@ -81,9 +91,6 @@ impl Watch {
                 };
                 match outcome {
                     Ok(done) => {
-                        if full {
-                            failures = 0;
-                        }
                         if let Some(done) = done.filter(NodeTokens::changed) {
                             log::info!("node tokens: {done:?}");
                         }
@@ -93,30 +100,55 @@ impl Watch {
                         // A quick round that failed is made good by the
                         // next full one.
                         clock = None;
-                        failures += 1;
-                        // The servers' token may have been rotated: read
-                        // it again after a minute of failures (not every
-                        // round: the store is SSM, Consul may just be
-                        // restarting).
-                        if failures % REREAD_AFTER == 0 {
-                            reader = None;
-                        }
                     }
+                }
+                if full && fulls % REREAD_AFTER == 0 {
+                    reader = None;
                 }
             }
             tokio::time::sleep(TICK).await;
         }
     }
 
-    /// The servers' own token (`consul/tokens/server`), for the reads.
-    async fn reader(&self) -> Option<Consul> {
-        match self.store.get(names::CONSUL_SERVER).await {
-            Ok(Some(t)) => clients::consul(&self.settings, Some(Token::new(t.expose())))
-                .map_err(|e| log::warn!("node tokens: {e}"))
-                .ok(),
-            Ok(None) => None,
+    /// The servers' own token (`consul/tokens/server`), for the reads, and
+    /// the node-token key, in one store transaction. The key is created
+    /// here when missing (a new cluster, or one from before node tokens):
+    /// its first users are the Consul servers' watches, and no boot pays
+    /// a transaction for it.
+    async fn reader(&self) -> Option<Reader> {
+        let read = self
+            .store
+            .get_many(&[names::CONSUL_SERVER, names::NODE_TOKEN_KEY])
+            .await;
+        let read = match read {
+            Ok(mut r) if r.len() == 2 && r[0].is_some() && r[1].is_none() => {
+                match self
+                    .store
+                    .get_or_create(names::NODE_TOKEN_KEY, Secret::gossip_key)
+                    .await
+                {
+                    Ok(key) => {
+                        r[1] = Some(key);
+                        Ok(r)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        match read.as_deref() {
+            Ok([Some(token), Some(key)]) => {
+                clients::consul(&self.settings, Some(Token::new(token.expose())))
+                    .map(|consul| Reader {
+                        consul,
+                        key: key.clone(),
+                    })
+                    .map_err(|e| log::warn!("node tokens: {e}"))
+                    .ok()
+            }
+            Ok(_) => None,
             Err(e) => {
-                log::warn!("node tokens: reading the servers' token: {e}");
+                log::warn!("node tokens: reading the servers' token and the node-token key: {e}");
                 None
             }
         }
@@ -125,15 +157,16 @@ impl Watch {
     /// One full round; `None` when this node's Consul does not lead.
     pub async fn round(
         &self,
-        reader: &Consul,
+        reader: &Reader,
         ledger: &mut Ledger,
     ) -> Result<Option<NodeTokens>, BootError> {
-        let Some(b) = self.leading(reader, ledger).await? else {
+        let Some(b) = self.leading(&reader.consul, ledger).await? else {
             return Ok(None);
         };
         let grace = Duration::from_secs(self.settings.bootstrap.node_token_grace_secs);
+        let (consul, key) = (&reader.consul, &reader.key);
         let done = b
-            .node_tokens(reader, &self.spec.datacenter, ledger, grace)
+            .node_tokens(consul, &self.spec.datacenter, key, ledger, grace)
             .await?;
         Ok(Some(done))
     }
@@ -143,14 +176,15 @@ impl Watch {
     /// lead.
     pub async fn quick_round(
         &self,
-        reader: &Consul,
+        reader: &Reader,
         ledger: &mut Ledger,
     ) -> Result<Option<NodeTokens>, BootError> {
-        let Some(b) = self.leading(reader, ledger).await? else {
+        let Some(b) = self.leading(&reader.consul, ledger).await? else {
             return Ok(None);
         };
+        let (consul, key) = (&reader.consul, &reader.key);
         let made = b
-            .quick_node_tokens(reader, &self.spec.datacenter, ledger)
+            .quick_node_tokens(consul, &self.spec.datacenter, key, ledger)
             .await?;
         Ok(Some(NodeTokens {
             made,

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use kraken_discovery::Backoff;
-use kraken_hashi::Consul;
 use kraken_intent::{NodeSpec, Role};
 use kraken_render::RenderSecrets;
 use kraken_secrets::{Secret, SecretStore, Store, names};
@@ -68,24 +67,67 @@ pub async fn secrets(
         }
         _ => None,
     };
+    let mut consul_agent = own_agent_token(store, spec, node).await?;
+    if mode == SecretsMode::Boot
+        && node_tokens::has_own_token(spec)
+        && let Some(token) = &consul_agent
+    {
+        // A derived token exists before Consul knows it: the configs carry
+        // it only once Consul does (`tokens::fetch` waits for that). Asked
+        // of the local Consul, when it runs (the agent restarted, not the
+        // node): then it keeps its token and is not restarted without it.
+        let known = match crate::clients::consul(settings, None) {
+            Ok(c) => matches!(
+                c.with_token(Some(kraken_hashi::Token::new(token.expose())))
+                    .acl_token_self()
+                    .await,
+                Ok(Some(_))
+            ),
+            Err(_) => false,
+        };
+        if !known {
+            consul_agent = None;
+        }
+    }
     Ok(RenderSecrets {
         gossip_key,
         nomad_gossip_key,
         initial_management,
-        consul_agent: store.get(&agent_token_name(spec, node)).await?,
+        consul_agent,
         nomad_consul,
     })
 }
 
-/// Where this node's Consul agent token is stored: the Consul servers'
-/// shared one, or the node's own (made by the Consul leader's agent with
-/// the node's identity, `steps::node_tokens`) on every other node, by its
-/// name, the instance id.
-pub fn agent_token_name(spec: &NodeSpec, node: &str) -> String {
+/// Where this node's Consul agent token comes from: the Consul servers'
+/// shared one (stored), or, on every other node, the key its own is
+/// derived from (`steps::node_tokens`).
+pub fn agent_token_source(spec: &NodeSpec) -> &'static str {
     if node_tokens::has_own_token(spec) {
-        names::consul_node_token(node)
+        names::NODE_TOKEN_KEY
     } else {
-        names::CONSUL_AGENT.to_owned()
+        names::CONSUL_AGENT
+    }
+}
+
+/// This node's Consul agent token, if its source is in the store: the
+/// servers' shared one, or the node's own derived from the node-token key
+/// and its name, the instance id (`node`). Whether Consul knows it yet is
+/// another matter (`tokens::wait_until_known`).
+pub async fn own_agent_token(
+    store: &Store,
+    spec: &NodeSpec,
+    node: &str,
+) -> Result<Option<Secret>, BootError> {
+    let stored = store.get(agent_token_source(spec)).await?;
+    Ok(stored.map(|s| agent_token_from(spec, node, s)))
+}
+
+/// The agent token from what [`agent_token_source`] names.
+pub fn agent_token_from(spec: &NodeSpec, node: &str, source: Secret) -> Secret {
+    if node_tokens::has_own_token(spec) {
+        Secret::derived_token(&source, node)
+    } else {
+        source
     }
 }
 
@@ -95,8 +137,11 @@ pub fn agent_token_name(spec: &NodeSpec, node: &str) -> String {
 /// running cluster makes one SSM transaction. Only names this node's role
 /// may read (`docs/secrets.md`): SSM refuses a whole batch for one denied
 /// name.
-pub fn boot_names(spec: &NodeSpec, settings: &Settings, node: &str) -> Vec<String> {
-    let mut names = vec![names::GOSSIP_KEY.to_owned(), agent_token_name(spec, node)];
+pub fn boot_names(spec: &NodeSpec, settings: &Settings) -> Vec<String> {
+    let mut names = vec![
+        names::GOSSIP_KEY.to_owned(),
+        agent_token_source(spec).to_owned(),
+    ];
     names.extend(role_names(spec, settings).into_iter().map(str::to_owned));
     names
 }
@@ -150,48 +195,6 @@ pub async fn wait_for_secret(
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     poll_until(store, name, Instant::now() + waited, waited, backoff).await
 }
-
-/// This node's own Consul agent token (`steps::node_tokens`): the Consul
-/// leader's agent makes and stores it within about a second of seeing this
-/// node join. So the store is read once a second from about then (when
-/// this node's Consul, asked locally and for free, sees a leader) for
-/// [`OWN_TOKEN_FAST_READS`] reads, then with the backoff of any secret. A
-/// blind backoff read it up to 8 s late; a steady read from the start
-/// would cost a booting fleet one read a second while its servers are not
-/// there yet.
-pub async fn wait_for_own_token(
-    store: &Store,
-    name: &str,
-    consul: &Consul,
-    settings: &Settings,
-) -> Result<Secret, BootError> {
-    let waited = tuning::secret_wait(settings);
-    let deadline = Instant::now() + waited;
-    while !matches!(consul.leader().await, Ok(Some(_))) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // The leader's next look at its members, and its store write.
-    tokio::time::sleep(OWN_TOKEN_FIRST_READ).await;
-    for _ in 0..OWN_TOKEN_FAST_READS {
-        if let Some(s) = store.get(name).await? {
-            return Ok(s);
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(15));
-    poll_until(store, name, deadline, waited, backoff).await
-}
-
-/// After this node's Consul sees a leader, when its own token is first
-/// read: the leader looks at its members every second.
-const OWN_TOKEN_FIRST_READ: Duration = Duration::from_millis(1500);
-
-/// Reads a second apart before the backoff: a leader that has not made the
-/// token in this long is not there or not done bootstrapping.
-const OWN_TOKEN_FAST_READS: u32 = 10;
 
 async fn poll_until(
     store: &Store,

@@ -20,7 +20,7 @@ use kraken_settings::Settings;
 
 use crate::steps::node_tokens;
 use crate::steps::secrets::{
-    agent_token_name, nomad_role_token, wait_for_own_token, wait_for_secret,
+    agent_token_from, agent_token_source, nomad_role_token, wait_for_secret,
 };
 use crate::{BootError, tuning};
 
@@ -46,13 +46,20 @@ pub async fn fetch(
     if has_role_tokens(spec, secrets) {
         return Ok(false);
     }
-    let name = agent_token_name(spec, node);
-    let agent = if node_tokens::has_own_token(spec) {
-        wait_for_own_token(store, &name, consul, settings).await?
+    let source = agent_token_source(spec);
+    let agent = agent_token_from(spec, node, wait_for_secret(store, source, settings).await?);
+    // A node's own token is made within about a second of its Consul
+    // joining (`steps::node_tokens`): asked often, of its own Consul.
+    if node_tokens::has_own_token(spec) {
+        let what = format!(
+            "this node's own agent token (derived from {source}; the Consul leader's agent \
+             makes it once this node's Consul joined)"
+        );
+        let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+        wait_known(consul, &what, &agent, settings, backoff).await?;
     } else {
-        wait_for_secret(store, &name, settings).await?
-    };
-    wait_until_known(consul, &name, &agent, settings).await?;
+        wait_until_known(consul, source, &agent, settings).await?;
+    }
     secrets.consul_agent = Some(agent);
     if let Some(name) = nomad_role_token(spec) {
         let token = wait_for_secret(store, name, settings).await?;
@@ -111,12 +118,15 @@ pub async fn refresh(
         }
     };
     // One batched read for both.
-    let agent = agent_token_name(spec, node);
-    let wanted: Vec<&str> = std::iter::once(agent.as_str())
+    let wanted: Vec<&str> = std::iter::once(agent_token_source(spec))
         .chain(nomad_role_token(spec))
         .collect();
     let mut read = store.get_many(&wanted).await?.into_iter();
-    take(&mut secrets.consul_agent, read.next().flatten());
+    let agent = read.next().flatten();
+    take(
+        &mut secrets.consul_agent,
+        agent.map(|s| agent_token_from(spec, node, s)),
+    );
     if nomad_role_token(spec).is_some() {
         take(&mut secrets.nomad_consul, read.next().flatten());
     }
@@ -167,9 +177,20 @@ pub async fn wait_until_known(
     token: &Secret,
     settings: &Settings,
 ) -> Result<(), BootError> {
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    let what = format!("the token {name} (the bootstrap makes it)");
+    wait_known(consul, &what, token, settings, backoff).await
+}
+
+async fn wait_known(
+    consul: &Consul,
+    what: &str,
+    token: &Secret,
+    settings: &Settings,
+    mut backoff: Backoff,
+) -> Result<(), BootError> {
     let waited = tuning::secret_wait(settings);
     let deadline = Instant::now() + waited;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     let consul = consul.with_token(Some(Token::new(token.expose())));
     loop {
         let last = match consul.acl_token_self().await {
@@ -180,7 +201,7 @@ pub async fn wait_until_known(
         };
         if Instant::now() >= deadline {
             return Err(BootError::Start(kraken_start::StartError::Timeout {
-                what: format!("Consul to know the token {name} (the bootstrap makes it)"),
+                what: format!("Consul to know {what}"),
                 waited,
                 last,
             }));

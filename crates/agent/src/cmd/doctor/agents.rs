@@ -140,8 +140,9 @@ pub(super) async fn consul(ctx: &mut Context<'_>) -> Check {
                     .collect::<Vec<_>>()
             ),
             "the token was made by hand, or the node carries another node's token",
-            "consul acl token read -self; delete consul/tokens/nodes/<this instance id> from the \
-             secret store and restart kraken-agent (the Consul leader's agent makes a new one)",
+            "consul acl token read -self; delete that token in Consul and restart kraken-agent \
+             (this node's own is derived from consul/node-token-key; the Consul leader's agent \
+             makes it within a second of seeing the node)",
         ),
         Ok(Some(tok)) => Check::ok(
             "consul",

@@ -12,7 +12,7 @@ use crate::clients;
 use crate::steps::pki;
 use crate::steps::render::render;
 use crate::steps::secrets::{
-    SecretsMode, agent_token_name, nomad_role_token, secrets as read_secrets,
+    SecretsMode, agent_token_source, nomad_role_token, secrets as read_secrets,
 };
 
 pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
@@ -68,7 +68,7 @@ pub(super) async fn secrets(ctx: &mut Context<'_>) -> Check {
         missing_name(names::NOMAD_GOSSIP_KEY);
     }
     if s.consul_agent.is_none() {
-        missing_name(&agent_token_name(spec, &node));
+        missing_name(agent_token_source(spec));
     }
     if let Some(name) = nomad_role_token(spec)
         && s.nomad_consul.is_none()

@@ -65,7 +65,7 @@ impl Agent {
         )?;
         // Everything step 3 reads, and a client's published server list,
         // in one batch: one SSM transaction for a client whose cluster runs.
-        let boot_names = secrets::boot_names(&spec, &settings, &identity.instance_id);
+        let boot_names = secrets::boot_names(&spec, &settings);
         let boot_names: Vec<&str> = boot_names.iter().map(String::as_str).collect();
         let boot_store = store.snapshot(&boot_names).await?;
         self.secrets = secrets::secrets(

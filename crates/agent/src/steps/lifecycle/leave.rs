@@ -23,7 +23,7 @@ use super::launch::is_me;
 use super::{Context, Departure};
 use crate::clients;
 use crate::steps::restart::{self, System};
-use crate::steps::secrets::agent_token_name;
+use crate::steps::secrets::own_agent_token;
 use crate::steps::start::unit_of;
 
 #[derive(Debug, Default, Serialize)]
@@ -152,9 +152,7 @@ async fn consul_leave(
 ) -> Result<(), String> {
     let token = match token {
         Some(t) => Some(t),
-        None => ctx
-            .store
-            .get(&agent_token_name(&ctx.spec, &ctx.identity.instance_id))
+        None => own_agent_token(&ctx.store, &ctx.spec, &ctx.identity.instance_id)
             .await
             .map_err(|e| e.to_string())?
             .map(|s| Token::new(s.expose())),
