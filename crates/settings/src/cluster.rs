@@ -17,14 +17,14 @@ pub struct BootstrapSettings {
     /// How often a running Consul server checks that the role tokens still
     /// exist in Consul, and recreates any that do not.
     pub token_check_secs: u64,
-    /// How often the Consul leader's agent reads Consul's members and makes
-    /// a token of its own for each node that joined without one
-    /// (`docs/operations.md`, node tokens): a booting node waits about this
-    /// long for its token. A local call to the leader's own agent.
+    /// How often the Consul leader's agent does a full round of node tokens
+    /// (`docs/operations.md`, node tokens): lists every ACL token, makes
+    /// what is missing, deletes departed nodes'. A joining node's token
+    /// comes sooner, from a quick round within a second of the join.
     pub node_token_secs: u64,
     /// How long a node's token outlives the node: gone from Consul's
     /// members, or `left` (a client's Consul leaves on every restart),
-    /// for this long, its token and stored secret are deleted.
+    /// for this long, its token is deleted.
     pub node_token_grace_secs: u64,
 }
 
