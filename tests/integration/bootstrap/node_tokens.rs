@@ -24,7 +24,7 @@ use kraken_hashi::{Consul, Token};
 use kraken_identity::Identity;
 use kraken_intent::NodeSpec;
 use kraken_render::{RenderSecrets, Renderer, Service};
-use kraken_secrets::{Secret, SecretStore, names};
+use kraken_secrets::{Secret, SecretStore, Store, names};
 use kraken_settings::Settings;
 use kraken_testkit::{LoopbackAddrs, Peer, PeerCommand, TestDir};
 
@@ -71,6 +71,30 @@ impl Client {
             .find(|f| f.service == Service::Consul)
             .unwrap();
         std::fs::write(self.dir.path().join("consul.hcl"), &file.contents).unwrap();
+    }
+
+    /// Its secrets as the store has them, with `agent` as the Consul agent
+    /// token it runs with.
+    async fn secrets_holding(&self, store: &Store, agent: Option<Secret>) -> RenderSecrets {
+        let mode = SecretsMode::ReadOnly;
+        let mut held = secrets::secrets(store, &self.spec, &self.name, &self.settings, mode)
+            .await
+            .unwrap();
+        held.consul_agent = agent;
+        held
+    }
+
+    /// Consul's record of the token in its config, once the reloaded
+    /// agent runs with it.
+    async fn running_token(&self) -> kraken_hashi::AclToken {
+        let token = self.configured_token();
+        let me = || async {
+            let c = self.consul(Some(token.clone()));
+            c.acl_token_self().await.ok().flatten()
+        };
+        kraken_testkit::wait_for("the reloaded agent token", Duration::from_secs(30), me)
+            .await
+            .unwrap()
     }
 
     /// The agent token its Consul config carries, as the running agent
@@ -234,16 +258,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
     // Each client takes its own, as `run` does: the secret, Consul knowing
     // it, the rendered config, a reload.
     for cl in &clients {
-        let mut held = secrets::secrets(
-            &store,
-            &cl.spec,
-            &cl.name,
-            &cl.settings,
-            SecretsMode::ReadOnly,
-        )
-        .await
-        .unwrap();
-        held.consul_agent = None;
+        let mut held = cl.secrets_holding(&store, None).await;
         let agent = cl.consul(None);
         let fetched = tokens::fetch(&store, &cl.spec, &cl.name, &cl.settings, &agent, &mut held);
         // The Nomad client's role token is made by the bootstrap already.
@@ -266,20 +281,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
 
     for cl in &clients {
         // The token the agent actually runs with is its own node identity.
-        let token = cl.configured_token();
-        let me = kraken_testkit::wait_for(
-            "the reloaded agent token",
-            Duration::from_secs(30),
-            || async {
-                cl.consul(Some(token.clone()))
-                    .acl_token_self()
-                    .await
-                    .ok()
-                    .flatten()
-            },
-        )
-        .await
-        .unwrap();
+        let me = cl.running_token().await;
         let ids: Vec<(String, String)> = me
             .node_identities
             .iter()
@@ -307,7 +309,7 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
             .unwrap()
             .unwrap();
         register_service(cl, &nomad_client).await;
-        let catalog = cl.consul(Some(token.clone()));
+        let catalog = cl.consul(Some(cl.configured_token()));
         kraken_testkit::wait_for(
             "the node and its service in the catalog",
             Duration::from_secs(60),
@@ -395,32 +397,16 @@ async fn each_client_gets_a_token_of_its_own_node_and_loses_it_when_it_leaves() 
             "{}: the token of the old key is gone",
             cl.name
         );
-        let mut held = secrets::secrets(
-            &store,
-            &cl.spec,
-            &cl.name,
-            &cl.settings,
-            SecretsMode::ReadOnly,
-        )
-        .await
-        .unwrap();
-        held.consul_agent = Some(Secret::new(old.expose()));
+        let mut held = cl
+            .secrets_holding(&store, Some(Secret::new(old.expose())))
+            .await;
         let agent = cl.consul(None);
         let changed = tokens::refresh(&store, &cl.spec, &cl.name, Some(&agent), &mut held, None);
         assert!(changed.await.unwrap(), "{}: takes the new token", cl.name);
         cl.write_config(&c.consul_ips, &held);
         reload(cl);
-        let new = cl.configured_token();
-        assert_ne!(new.expose(), old.expose());
-        kraken_testkit::wait_for("the new token", Duration::from_secs(30), || async {
-            cl.consul(Some(new.clone()))
-                .acl_token_self()
-                .await
-                .ok()
-                .flatten()
-        })
-        .await
-        .unwrap();
+        assert_ne!(cl.configured_token().expose(), old.expose());
+        cl.running_token().await;
     }
     assert_eq!(node_token_count(&c).await, 2, "the old key's are deleted");
     eprintln!("node tokens: key rotated, both nodes run with their new tokens");
