@@ -27,10 +27,20 @@ use kraken_settings::Settings;
 
 use crate::{BootError, clients, tuning};
 
-/// Full rounds after which the servers' token and the node-token key are
-/// read again (one store transaction): a rotated key reaches the leader
-/// within about a minute, and so does a rotated token after failures.
-const REREAD_AFTER: u32 = 12;
+/// Full rounds as the leader after which the servers' token and the
+/// node-token key are read again (one store transaction): a rotated key
+/// reaches the leader within about 5 minutes (`token_check_secs`, when
+/// the nodes look for theirs). Only the leader reads: the followers'
+/// watches would triple a steady cost that grows with the clusters.
+const REREAD_AFTER: u32 = 60;
+
+/// Failed full rounds in a row after which they are read again (the
+/// servers' token may have been rotated; Consul may also just be
+/// restarting, hence not at once).
+const REREAD_AFTER_FAILURES: u32 = 12;
+
+/// How old what the watch read may be when its server becomes the leader.
+const TERM_REREAD: Duration = Duration::from_secs(60);
 
 /// How often the leader looks at its membership clock: a joining node's
 /// wait for its token. One small local read (`/v1/agent/self`).
@@ -64,15 +74,30 @@ impl Watch {
         let period = Duration::from_secs(self.settings.bootstrap.node_token_secs.max(1));
         let mut ledger = Ledger::default();
         let mut reader: Option<Reader> = None;
-        let mut fulls = 0u32;
+        let mut led = 0u32;
+        let mut failures = 0u32;
         let mut next_full = tokio::time::Instant::now();
         let mut clock: Option<u64> = None;
+        let mut read_at = tokio::time::Instant::now();
         loop {
             if reader.is_none() {
                 reader = self.reader().await;
+                read_at = tokio::time::Instant::now();
             }
             if let Some(r) = &reader {
                 let full = tokio::time::Instant::now() >= next_full;
+                // A server that becomes the leader reads the key again
+                // before its first round: with a key from before a
+                // rotation it would replace every node's token with one
+                // of the old key.
+                if full
+                    && !ledger.is_synced()
+                    && read_at.elapsed() > TERM_REREAD
+                    && matches!(self.leads(&r.consul).await, Ok(true))
+                {
+                    reader = None;
+                    continue;
+                }
                 // Read before the round: a join during it moves the clock
                 // again, and the next tick sees that.
                 let moved = match r.consul.lan_member_time().await {
@@ -82,7 +107,6 @@ impl Watch {
                 let outcome = if full {
                     next_full =
                         tokio::time::Instant::now() + kraken_discovery::jittered(period, 0.1);
-                    fulls += 1;
                     self.round(r, &mut ledger).await
                 } else if moved {
                     self.quick_round(r, &mut ledger).await
@@ -91,6 +115,10 @@ impl Watch {
                 };
                 match outcome {
                     Ok(done) => {
+                        if full {
+                            failures = 0;
+                            led += u32::from(done.is_some());
+                        }
                         if let Some(done) = done.filter(NodeTokens::changed) {
                             log::info!("node tokens: {done:?}");
                         }
@@ -100,13 +128,23 @@ impl Watch {
                         // A quick round that failed is made good by the
                         // next full one.
                         clock = None;
+                        failures += u32::from(full);
                     }
                 }
-                if full && fulls % REREAD_AFTER == 0 {
+                if full
+                    && ((led > 0 && led % REREAD_AFTER == 0)
+                        || (failures > 0 && failures % REREAD_AFTER_FAILURES == 0))
+                {
+                    led = 0;
+                    failures = 0;
                     reader = None;
                 }
             }
-            tokio::time::sleep(TICK).await;
+            // Without what it reads with (the store failed, or the
+            // bootstrap has not made the servers' token yet), a period,
+            // not a tick: that read is a store transaction.
+            let pause = if reader.is_some() { TICK } else { period };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -194,19 +232,23 @@ impl Watch {
 
     /// The writer when this node's Consul leads; otherwise `None`, and the
     /// ledger forgotten (another leader keeps its own).
+    /// Whether this node's Consul is the Raft leader.
+    async fn leads(&self, consul: &Consul) -> Result<bool, BootError> {
+        let leader = consul
+            .leader()
+            .await
+            .map_err(BootError::hashi("ask Consul for its leader"))?;
+        Ok(leader
+            .and_then(|l| l.parse::<SocketAddr>().ok())
+            .is_some_and(|a| a.ip() == IpAddr::V4(self.own_ip)))
+    }
+
     async fn leading(
         &self,
         reader: &Consul,
         ledger: &mut Ledger,
     ) -> Result<Option<Bootstrap<'_>>, BootError> {
-        let leader = reader
-            .leader()
-            .await
-            .map_err(BootError::hashi("ask Consul for its leader"))?;
-        let leads = leader
-            .and_then(|l| l.parse::<SocketAddr>().ok())
-            .is_some_and(|a| a.ip() == IpAddr::V4(self.own_ip));
-        if !leads {
+        if !self.leads(reader).await? {
             ledger.clear();
             return Ok(None);
         }
