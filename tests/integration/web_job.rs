@@ -240,16 +240,10 @@ async fn web_job_runs_two_instances_found_through_consul() {
             // reported the wait (hashicorp/nomad#24220, seen once in CI).
             // The task's own log still says whether it stopped gracefully.
             let id = alloc["ID"].as_str().unwrap();
-            let log = http
-                .get(format!(
-                    "{nomad_url}/v1/client/fs/logs/{id}?task=web&type=stderr&plain=true&origin=start"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let log = kraken_testkit::get_text(&format!(
+                "{nomad_url}/v1/client/fs/logs/{id}?task=web&type=stderr&plain=true&origin=start"
+            ))
+            .await;
             let stopping = log.find("SIGINT: stopping");
             let stopped = log.rfind("stopped");
             assert!(

@@ -259,14 +259,7 @@ async fn a_job_reaches_consul_through_workload_identity_across_a_root_key_rotati
         entry["Service"]["Address"].as_str().unwrap(),
         entry["Service"]["Port"]
     );
-    let served = kraken_testkit::http_client()
-        .get(&addr)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let served = kraken_testkit::get_text(&addr).await;
     assert_eq!(served, value);
     let (services, roles) = apis.workload_tokens().await;
     assert!(services.contains(&"wi-one".to_owned()), "{services:?}");

@@ -15,6 +15,24 @@ pub struct Voters {
     pub nomad_failed_members: Vec<String>,
 }
 
+/// Autopilot's health and the gossip members, as one server answers them
+/// (Consul's and Nomad's paths are the same); `None` unless both answer.
+async fn health_and_members(
+    cluster: &Cluster,
+    url: impl Fn(&str) -> String,
+    header: Option<(&str, &str)>,
+) -> Option<(Value, Value)> {
+    let health = cluster
+        .api
+        .get(&url("/v1/operator/autopilot/health"), header)
+        .await;
+    let members = cluster.api.get(&url("/v1/agent/members"), header).await;
+    match (health, members) {
+        (Ok((200, h)), Ok((200, m))) => Some((h, m)),
+        _ => None,
+    }
+}
+
 /// The voters as autopilot lists them, and failed gossip members.
 pub async fn voters(cluster: &Cluster, tokens: &Tokens) -> Voters {
     let mut v = Voters::default();
@@ -23,38 +41,16 @@ pub async fn voters(cluster: &Cluster, tokens: &Tokens) -> Voters {
         .iter()
         .filter(|n| n.group.is_consul_server())
     {
-        let a = &node.vm.address;
-        let health = cluster
-            .api
-            .get(
-                &consul_url(a, "/v1/operator/autopilot/health"),
-                tokens.consul_header(),
-            )
-            .await;
-        let members = cluster
-            .api
-            .get(&consul_url(a, "/v1/agent/members"), tokens.consul_header())
-            .await;
-        if let (Ok((200, h)), Ok((200, m))) = (health, members) {
+        let url = |path: &str| consul_url(&node.vm.address, path);
+        if let Some((h, m)) = health_and_members(cluster, url, tokens.consul_header()).await {
             v.consul = names(&h["Servers"], |s| s["Voter"] == true, "Name");
             v.consul_failed_members = names(&m, |s| s["Status"] == 4, "Name");
             break;
         }
     }
     for node in cluster.nodes().iter().filter(|n| n.group.is_nomad_server()) {
-        let a = &node.vm.address;
-        let health = cluster
-            .api
-            .get(
-                &nomad_url(a, "/v1/operator/autopilot/health"),
-                tokens.nomad_header(),
-            )
-            .await;
-        let members = cluster
-            .api
-            .get(&nomad_url(a, "/v1/agent/members"), tokens.nomad_header())
-            .await;
-        if let (Ok((200, h)), Ok((200, m))) = (health, members) {
+        let url = |path: &str| nomad_url(&node.vm.address, path);
+        if let Some((h, m)) = health_and_members(cluster, url, tokens.nomad_header()).await {
             v.nomad = names(&h["Servers"], |s| s["Voter"] == true, "Name");
             v.nomad_failed_members = names(&m["Members"], |s| s["Status"] == "failed", "Name");
             break;

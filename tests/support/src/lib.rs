@@ -27,4 +27,4 @@ pub use moto::Moto;
 pub use net::{LoopbackAddrs, free_port};
 pub use nomad::{NOMAD_HTTP_PORT, NOMAD_RPC_PORT, NomadClient, NomadDev, NomadServer};
 pub use peer::{Peer, PeerCommand, consul_bin, moto_server, nomad_bin};
-pub use wait::{START_TIMEOUT, http_client, wait_for, wait_http_ok, wait_until};
+pub use wait::{START_TIMEOUT, get_text, http_client, wait_for, wait_http_ok, wait_until};

@@ -23,6 +23,17 @@ pub fn http_client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// The body of a GET of `url` through [`http_client`], whatever its
+/// status; panics (naming the URL) when there is no answer.
+pub async fn get_text(url: &str) -> String {
+    let answer = http_client().get(url).send().await;
+    let answer = answer.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    answer
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"))
+}
+
 /// Polls `pred` until it returns true; an error names `what` after `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut pred: F) -> Result<()>
 where

@@ -54,14 +54,7 @@ async fn consul_dev_serves_kv() {
     let key = format!("{}/v1/kv/kraken/test", consul.http_url());
     let put = client.put(&key).body("hello").send().await.unwrap();
     assert!(put.status().is_success());
-    let got = client
-        .get(format!("{key}?raw"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let got = kraken_testkit::get_text(&format!("{key}?raw")).await;
     assert_eq!(got, "hello");
 }
 
