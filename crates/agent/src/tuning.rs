@@ -27,14 +27,19 @@ pub fn aws(settings: &Settings) -> kraken_aws::AwsSettings {
 }
 
 /// How long a starting service may take to answer, and a server to see a
-/// leader.
+/// leader. Those polls ask the local agent, which answers them itself: a
+/// tenth of a second between them is a tenth of a second of a join.
 pub fn deadlines(settings: &Settings) -> Deadlines {
     Deadlines {
         answer: Duration::from_secs(settings.start.answer_timeout_secs),
         leader: Duration::from_secs(settings.start.leader_timeout_secs),
-        poll: Duration::from_millis(500),
+        poll: Duration::from_millis(100),
     }
 }
+
+/// Between polls that the local agent forwards to the servers (the
+/// catalog, KV): a joining fleet's reads, kept at two a second a node.
+pub const REMOTE_POLL: Duration = Duration::from_millis(500);
 
 /// The node's EC2 discovery budget (docs/benchmarks.md), full from now.
 pub fn call_budget(settings: &Settings) -> CallBudget {

@@ -134,6 +134,17 @@ impl ServiceManager for Systemctl {
     }
 
     async fn enable(&self, unit: &str) -> Result<(), StartError> {
+        // `enable` reloads systemd's whole configuration even when the
+        // unit is enabled already (270 ms in the test VMs, against 18 ms
+        // for this question), and a join applies three services.
+        if self
+            .run(&["is-enabled", "--quiet", unit])
+            .await?
+            .status
+            .success()
+        {
+            return Ok(());
+        }
         self.run_ok(&["enable", "--quiet", unit]).await
     }
 

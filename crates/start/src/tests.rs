@@ -356,7 +356,8 @@ async fn wait_for_does_not_sleep_past_its_deadline() {
 }
 
 /// A systemctl that logs its arguments, says every unit needs a daemon
-/// reload, is enabled and failed, and fails to start `bad.service`.
+/// reload, is enabled (but consul.service, when asked quietly) and failed,
+/// and fails to start `bad.service`.
 fn fake_systemctl(dir: &std::path::Path) -> Systemctl {
     let path = dir.join("systemctl");
     std::fs::write(
@@ -365,6 +366,7 @@ fn fake_systemctl(dir: &std::path::Path) -> Systemctl {
             "#!/bin/sh\necho \"$*\" >> {calls}\n\
              case \"$1 $2\" in\n\
              show*) echo yes ;;\n\
+             'is-enabled --quiet') [ \"$3\" = consul.service ] && exit 1 ;;\n\
              is-enabled*) echo enabled ;;\n\
              'is-active --quiet') exit 3 ;;\n\
              is-active*) echo failed; exit 3 ;;\n\
@@ -391,6 +393,7 @@ async fn systemctl_is_asked_what_a_person_would_ask_and_its_answers_read() {
     );
     systemctl.daemon_reload().await.unwrap();
     systemctl.enable("consul.service").await.unwrap();
+    systemctl.enable("nomad.service").await.unwrap();
     systemctl.start("consul.service").await.unwrap();
     systemctl.restart("nomad.service").await.unwrap();
     systemctl.reload("nomad.service").await.unwrap();
@@ -406,7 +409,10 @@ async fn systemctl_is_asked_what_a_person_would_ask_and_its_answers_read() {
         [
             "show --property=NeedDaemonReload --value consul.service",
             "daemon-reload",
+            "is-enabled --quiet consul.service",
             "enable --quiet consul.service",
+            // Enabled already: not enabled again.
+            "is-enabled --quiet nomad.service",
             "start --no-block consul.service",
             "restart --no-block nomad.service",
             "reload nomad.service",
@@ -447,7 +453,7 @@ async fn a_systemctl_that_cannot_run_is_named() {
         matches!(
             &err,
             StartError::Command { command, status, .. }
-                if command == "/nonexistent/systemctl enable --quiet consul.service"
+                if command == "/nonexistent/systemctl is-enabled --quiet consul.service"
                     && status == "not run"
         ),
         "{err}"

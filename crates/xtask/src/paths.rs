@@ -22,8 +22,15 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn xtask_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// `cargo run` sets `CARGO_MANIFEST_DIR` for the process it runs: read it
+/// there first. The compile-time value is the checkout that built this
+/// binary, which, with a target directory shared between checkouts (CI's
+/// `~/.cache/kraken/target`), can be another checkout, since removed.
+pub fn xtask_dir() -> PathBuf {
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -181,12 +181,12 @@ pub async fn wait_for_nomad_servers(
                 index = if new_index < index { 0 } else { new_index };
                 if index == 0 {
                     // No state yet (Consul answers a missing key at once).
-                    tokio::time::sleep(deadlines.poll).await;
+                    tokio::time::sleep(tuning::REMOTE_POLL).await;
                 }
             }
             Err(e) => {
                 log::debug!("bootstrap state not readable yet: {e}");
-                tokio::time::sleep(deadlines.poll).await;
+                tokio::time::sleep(tuning::REMOTE_POLL).await;
             }
         }
         if !said {

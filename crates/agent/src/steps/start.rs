@@ -71,7 +71,7 @@ pub async fn wait_nomad_registered(
     kraken_start::wait_for(
         &format!("Nomad to register {} in Consul", nomad_service_name(spec)),
         deadlines.answer,
-        deadlines.poll,
+        tuning::REMOTE_POLL,
         || async {
             match nomad_registered(consul, spec, node).await {
                 Ok(true) => Ok(Some(())),

@@ -55,7 +55,8 @@ pub async fn fetch(
             "this node's own agent token (derived from {source}; the Consul leader's agent \
              makes it once this node's Consul joined)"
         );
-        let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+        // At most one RPC to a server a quarter second while a node joins.
+        let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
         wait_known(consul, &what, &agent, settings, backoff).await?;
     } else {
         wait_until_known(consul, source, &agent, settings).await?;

@@ -26,9 +26,18 @@ client {
     retry_interval = "15s"
   }
 
+  # Nomad never reaches instance metadata here (the IMDS guard rejects it,
+  # docs/iam.md): its cloud fingerprinters could only fail, and env_aws
+  # fails by its 2 s timeout, at every client start. The agent gives the
+  # facts they would have found as meta instead.
+  options {
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+  }
+
   meta {
     "kraken.cluster" = "kraken"
     "kraken.instance_id" = "i-0c11e47000000055"
+    "kraken.availability_zone" = "us-west-2a"
     "team" = "web"
   }
 }

@@ -48,9 +48,18 @@ client {
     retry_interval = "15s"
   }
 
+  # Nomad never reaches instance metadata here (the IMDS guard rejects it,
+  # docs/iam.md): its cloud fingerprinters could only fail, and env_aws
+  # fails by its 2 s timeout, at every client start. The agent gives the
+  # facts they would have found as meta instead.
+  options {
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+  }
+
   meta {
     "kraken.cluster" = "dev"
     "kraken.instance_id" = "i-0000000000000001"
+    "kraken.availability_zone" = "eu-central-1a"
   }
 }
 
