@@ -120,6 +120,7 @@ server_refresh_secs = 15
         ),
         hosts: Vec::new(),
         extra_ca: None,
+        service_env: BTreeMap::new(),
     }
 }
 

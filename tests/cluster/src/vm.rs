@@ -29,6 +29,9 @@ pub struct UserData {
     pub hosts: Vec<(String, String)>,
     /// A CA certificate (PEM) added to the system's trusted roots.
     pub extra_ca: Option<String>,
+    /// /etc/consul.d/consul.env and /etc/nomad.d/nomad.env (the units'
+    /// optional environment files): NAME=value lines, for both.
+    pub service_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +231,18 @@ fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> 
             .map(|(a, n)| format!("{a} {n}\n"))
             .collect::<String>(),
     )?;
+    if !user_data.service_env.is_empty() {
+        let env: String = user_data
+            .service_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        for (dir, file) in [("etc/consul.d", "consul.env"), ("etc/nomad.d", "nomad.env")] {
+            fs::create_dir_all(root.join(dir))?;
+            fs::write(root.join(dir).join(file), &env)?;
+            fs::set_permissions(root.join(dir).join(file), fs::Permissions::from_mode(0o600))?;
+        }
+    }
     if let Some(ca) = &user_data.extra_ca {
         // Debian's bundle, which Go and OpenSSL read.
         append(&root.join("etc/ssl/certs/ca-certificates.crt"), ca.clone())?;

@@ -2,6 +2,7 @@
 //! (`simultaneous`) or clients first and then the servers one by one
 //! (`staggered`), timed to every check green and to the web service.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -90,10 +91,26 @@ pub async fn variant_cluster(
             join(consul.context("no Consul servers")?.roles()),
             join(nomad.context("no Nomad servers")?.roles()),
         );
-        cluster.user_data.agent_toml.push_str(&format!(
-            "consul_auto_join = \"{consul}\"\nnomad_auto_join = \"{nomad}\"\n"
-        ));
+        // Into the [discovery] table: keys appended at the end would land
+        // in whatever table comes last (a team's, since teams).
+        let toml = &mut cluster.user_data.agent_toml;
+        let at = toml
+            .find("[discovery]\n")
+            .context("the harness's agent.toml has no [discovery] table")?
+            + "[discovery]\n".len();
+        toml.insert_str(
+            at,
+            &format!("consul_auto_join = \"{consul}\"\nnomad_auto_join = \"{nomad}\"\n"),
+        );
         cluster.user_data.hosts = vec![(host::HUB_IP.to_owned(), DUALSTACK_EC2.to_owned())];
+        // Consul's and Nomad's go-discover take the instance role from IMDS,
+        // which the IMDS guard refuses them (docs/iam.md: auto-join is not
+        // supported with the guard). The bench measures discovery, not
+        // that: moto's credentials in their environment files instead.
+        cluster.user_data.service_env = BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+        ]);
         cluster.user_data.extra_ca = Some(ca_pem.to_owned());
     }
     Ok(cluster)
