@@ -406,6 +406,15 @@ async fn nomad_clients(
                 c.vm.name, meta["kraken.instance_id"]
             ));
         }
+        // What Nomad's AWS fingerprinter would have found, had it been let
+        // through the IMDS guard: the agent's meta instead (docs/iam.md).
+        let az = crate::cloud::AVAILABILITY_ZONE;
+        if meta["kraken.availability_zone"].as_str() != Some(az) {
+            problems.push(format!(
+                "{}: meta kraken.availability_zone is {}, want {az}",
+                c.vm.name, meta["kraken.availability_zone"]
+            ));
+        }
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
