@@ -168,6 +168,51 @@ async fn rendered_nomad_server_and_client_register_with_class_and_meta() {
     let members = admin.members().await.unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].status, "alive");
+
+    // What a converged client asks every round (re-registration after its
+    // servers were lost): its own node, by the id its Nomad keeps on
+    // disk, through its own agent.
+    let settings =
+        kraken_settings::Settings::parse(&crate::common::node::settings(client_ip, cdir.path()))
+            .unwrap();
+    assert_eq!(
+        kraken_agent::steps::start::own_nomad_node_id(&settings).as_deref(),
+        Some(node.id.as_str()),
+        "the id Nomad's client persisted is the one the servers list"
+    );
+    let through_client = nomad_api(client_ip, cdir.path(), Some(token.clone()));
+    assert_eq!(
+        kraken_agent::steps::start::nomad_knows_node(&settings, &through_client)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        through_client.node(&node.id).await.unwrap().unwrap().name,
+        node.name
+    );
+    // The servers lost it (here: the id on disk is one they never saw).
+    let id_file = cdir.path().join("nomad-data/client/client-id");
+    std::fs::write(&id_file, "0b6c4e9e-9f5c-4c57-a8a4-6a1c2f0e7d31").unwrap();
+    assert_eq!(
+        kraken_agent::steps::start::nomad_knows_node(&settings, &through_client)
+            .await
+            .unwrap(),
+        Some(false),
+        "a leader, and no such node"
+    );
+    // Not an id: nothing is asked.
+    std::fs::write(&id_file, "../../v1/acl/bootstrap").unwrap();
+    assert_eq!(
+        kraken_agent::steps::start::own_nomad_node_id(&settings),
+        None
+    );
+    let anonymous_client = nomad_api(client_ip, cdir.path(), None);
+    std::fs::write(&id_file, &node.id).unwrap();
+    let refused = kraken_agent::steps::start::nomad_knows_node(&settings, &anonymous_client)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
 }
 
 fn path_ip(dir: &Path) -> String {

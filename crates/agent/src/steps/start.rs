@@ -83,3 +83,40 @@ pub async fn wait_nomad_registered(
     .await
     .map_err(BootError::from)
 }
+
+/// This node's id as its Nomad client keeps it (`client/client-id` in
+/// Nomad's data directory, written at its first start and kept across
+/// restarts): asking the servers for one node by id is one lookup, where
+/// finding it by name means listing every node of the fleet. `None` before
+/// Nomad's first start, or for a file that does not hold an id.
+pub fn own_nomad_node_id(settings: &Settings) -> Option<String> {
+    let path = settings.paths.nomad_data_dir.join("client/client-id");
+    let id = std::fs::read_to_string(path).ok()?;
+    let id = id.trim().to_ascii_lowercase();
+    // A UUID: it goes into a URL path.
+    let uuid = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    uuid.then_some(id)
+}
+
+/// Whether Nomad's servers know this client node: `Some(false)` only when
+/// its own id is unknown to them and they have a leader (a server that has
+/// just started may not have the state yet). `None` when there is nothing
+/// to say yet: no id on disk, no leader, no server answering. An error is
+/// Nomad refusing the call (its status says why).
+pub async fn nomad_knows_node(
+    settings: &Settings,
+    nomad: &kraken_hashi::Nomad,
+) -> Result<Option<bool>, HashiError> {
+    let Some(id) = own_nomad_node_id(settings) else {
+        return Ok(None);
+    };
+    match nomad.node(&id).await {
+        Ok(Some(_)) => Ok(Some(true)),
+        Ok(None) => Ok(matches!(nomad.leader().await, Ok(Some(_))).then_some(false)),
+        Err(e) if e.is_transient() => {
+            log::debug!("Nomad node {id}: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

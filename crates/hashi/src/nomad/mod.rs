@@ -115,6 +115,17 @@ impl Nomad {
         self.http.get_json("/v1/nodes").await
     }
 
+    /// One client node by its id, `None` when the servers do not know it
+    /// (`node:read`). A stale read, which any server answers: one lookup,
+    /// where [`Nomad::nodes`] sends the whole fleet.
+    pub async fn node(&self, id: &str) -> Result<Option<NomadNode>, HashiError> {
+        match self.http.get_json(&format!("/v1/node/{id}?stale")).await {
+            Ok(node) => Ok(Some(node)),
+            Err(HashiError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A client node's metadata (`node:read`).
     pub async fn node_meta(
         &self,

@@ -3,8 +3,12 @@
 //! They answer "Permission denied", and Nomad re-registers only on "node
 //! not found", so the node would stay unknown, its capacity lost, until a
 //! person restarted Nomad. The agent does that restart itself: once
-//! Nomad's servers have a leader and do not list this node, twice, a short
-//! while apart. Clients only: it never touches a server, so no quorum.
+//! Nomad's servers have a leader and do not know this node's id, twice, a
+//! short while apart. Clients only: it never touches a server, so no
+//! quorum. Each round asks for this node alone (one lookup a client a
+//! round, a stale read any server answers), never for the node list: a
+//! fleet of clients listing each other every round would cost the servers
+//! the square of the fleet.
 
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use kraken_start::ServiceManager;
 
 use super::state::{Agent, Converged};
 use crate::clients;
-use crate::steps::start::unit_of;
+use crate::steps::start::{nomad_knows_node, unit_of};
 
 /// Between the two looks: a node that is registering right now (Nomad
 /// just started) is listed by then.
@@ -44,14 +48,15 @@ impl Agent {
             if look > 0 {
                 tokio::time::sleep(CONFIRM).await;
             }
-            match listed(&nomad, me).await {
+            match nomad_knows_node(&self.settings, &nomad).await {
                 Ok(Some(false)) => log::info!(
-                    "Nomad's servers have a leader and do not list this node ({me}); look {}",
+                    "Nomad's servers have a leader and do not know this node ({me}); look {}",
                     look + 1
                 ),
                 Ok(_) => return,
-                Err(denied) => {
-                    if denied {
+                Err(e) => {
+                    log::debug!("re-registration check: {e}");
+                    if matches!(e.status(), Some(401 | 403)) {
                         // Rotated, or lost with the servers' data: read it
                         // again next round.
                         self.drain_token = None;
@@ -71,21 +76,6 @@ impl Agent {
                 serde_json::json!({ "unix": kraken_ready::now_unix() }),
             ),
             Err(e) => log::warn!("restarting {unit}: {e}"),
-        }
-    }
-}
-
-/// Whether the servers list node `me`; `None` while Nomad has no leader.
-/// Err(true): the token was refused.
-async fn listed(nomad: &kraken_hashi::Nomad, me: &str) -> Result<Option<bool>, bool> {
-    if !matches!(nomad.leader().await, Ok(Some(_))) {
-        return Ok(None);
-    }
-    match nomad.nodes().await {
-        Ok(nodes) => Ok(Some(nodes.iter().any(|n| n.name == me))),
-        Err(e) => {
-            log::debug!("re-registration check: Nomad nodes: {e}");
-            Err(matches!(e.status(), Some(401 | 403)))
         }
     }
 }

@@ -67,14 +67,23 @@ pub async fn drain(
     let mut last = String::new();
     let id = loop {
         let attempt = async {
-            let id = nomad
-                .nodes()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|n| &n.name == me)
-                .map(|n| n.id)
-                .ok_or_else(|| format!("Nomad has no node named {me}"))?;
+            // By its own id (one lookup); by name through the whole node
+            // list only when that id is not on disk or not known.
+            let own = match crate::steps::start::own_nomad_node_id(&ctx.settings) {
+                Some(id) => nomad.node(&id).await.map_err(|e| e.to_string())?,
+                None => None,
+            };
+            let id = match own {
+                Some(node) => node.id,
+                None => nomad
+                    .nodes()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|n| &n.name == me)
+                    .map(|n| n.id)
+                    .ok_or_else(|| format!("Nomad has no node named {me}"))?,
+            };
             nomad
                 .drain(&id, deadline, &why)
                 .await
