@@ -48,6 +48,18 @@ const TERM_REREAD: Duration = Duration::from_secs(60);
 /// reads it, a quick round follows only on the leader.
 const TICK: Duration = Duration::from_millis(500);
 
+/// A quick round lists the gossip pool's members, which grows with the
+/// fleet (megabytes of JSON at 10,000 nodes) while a boot storm moves the
+/// clock at every tick: after one, the watch waits this many times what it
+/// took, so quick rounds take at most a tenth of the leader's agent.
+const QUICK_DUTY: u32 = 10;
+
+/// The pause before the next look at the clock, after a quick round that
+/// took `busy` (zero when there was none).
+fn pause_after(busy: Duration) -> Duration {
+    TICK.max(busy.saturating_mul(QUICK_DUTY))
+}
+
 /// What the leader's rounds read with: the servers' own token, and the key
 /// every node's token is derived from.
 pub struct Reader {
@@ -81,6 +93,7 @@ impl Watch {
         let mut next_full = tokio::time::Instant::now();
         let mut clock: Option<u64> = None;
         let mut read_at = tokio::time::Instant::now();
+        let mut busy = Duration::ZERO;
         loop {
             if reader.is_none() {
                 reader = self.reader().await;
@@ -111,7 +124,7 @@ impl Watch {
                         tokio::time::Instant::now() + kraken_discovery::jittered(period, 0.1);
                     self.round(r, &mut ledger).await
                 } else if moved {
-                    self.quick_round(r, &mut ledger).await
+                    self.quick_round(r, &mut ledger, &mut busy).await
                 } else {
                     Ok(None)
                 };
@@ -145,7 +158,11 @@ impl Watch {
             // Without what it reads with (the store failed, or the
             // bootstrap has not made the servers' token yet), a period,
             // not a tick: that read is a store transaction.
-            let pause = if reader.is_some() { TICK } else { period };
+            let pause = if reader.is_some() {
+                pause_after(std::mem::take(&mut busy))
+            } else {
+                period
+            };
             tokio::time::sleep(pause).await;
         }
     }
@@ -213,19 +230,24 @@ impl Watch {
 
     /// One quick round (tokens for the nodes that joined since the last
     /// round, nothing deleted); `None` when this node's Consul does not
-    /// lead.
+    /// lead. `busy`: how long the part that grows with the fleet took
+    /// (the members listed, the tokens made).
     pub async fn quick_round(
         &self,
         reader: &Reader,
         ledger: &mut Ledger,
+        busy: &mut Duration,
     ) -> Result<Option<NodeTokens>, BootError> {
         let Some(b) = self.leading(&reader.consul, ledger).await? else {
             return Ok(None);
         };
         let (consul, key) = (&reader.consul, &reader.key);
+        let started = tokio::time::Instant::now();
         let made = b
             .quick_node_tokens(consul, &self.spec.datacenter, key, ledger)
-            .await?;
+            .await;
+        *busy = started.elapsed();
+        let made = made?;
         Ok(Some(NodeTokens {
             made,
             deleted: Vec::new(),
@@ -271,4 +293,20 @@ impl Watch {
 /// but the Consul servers, which share `consul/tokens/agent`).
 pub fn has_own_token(spec: &NodeSpec) -> bool {
     !spec.has(Role::ConsulServer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_rounds_take_at_most_a_tenth_of_the_leaders_time() {
+        assert_eq!(pause_after(Duration::ZERO), TICK);
+        assert_eq!(pause_after(Duration::from_millis(20)), TICK);
+        // 10,000 members listed in 300 ms: the next look 3 s later.
+        assert_eq!(
+            pause_after(Duration::from_millis(300)),
+            Duration::from_secs(3)
+        );
+    }
 }
