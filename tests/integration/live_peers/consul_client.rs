@@ -134,5 +134,10 @@ async fn joining_through_the_agent_api() {
     .unwrap();
     assert!(leader.starts_with(&a.ip().to_string()), "{leader}");
     assert_eq!(c.members().await.unwrap().len(), 2);
+    // The agent filters its pool down to the servers: the dev agent, not
+    // the client itself.
+    let servers = c.server_members().await.unwrap();
+    let addrs: Vec<&str> = servers.iter().map(|m| m.addr.as_str()).collect();
+    assert_eq!(addrs, [a.ip().to_string()], "{servers:?}");
     joiner.kill();
 }

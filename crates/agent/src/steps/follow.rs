@@ -101,7 +101,7 @@ pub async fn from_consul(consul: &Consul, spec: &NodeSpec) -> Result<Peers, Stri
     let needed = needed(spec);
     let mut peers = Peers::default();
     let members = consul
-        .members()
+        .server_members()
         .await
         .map_err(|e| format!("reading Consul's gossip pool: {e}"))?;
     peers.consul_servers = members

@@ -138,7 +138,7 @@ pub async fn reachable(peers: &Peers) -> bool {
 /// when it sees no Consul server (nothing worth publishing).
 pub async fn from_consul(consul: &Consul) -> Result<Published, String> {
     let members = consul
-        .members()
+        .server_members()
         .await
         .map_err(|e| format!("reading Consul's gossip pool: {e}"))?;
     let servers: Vec<_> = members

@@ -125,6 +125,15 @@ impl Consul {
         self.http.get_json("/v1/agent/members").await
     }
 
+    /// The Consul servers among [`Consul::members`], filtered by the agent
+    /// (`filter=Tags["role"] == "consul"`): a handful of entries, where
+    /// the whole pool is megabytes of JSON in a fleet of thousands.
+    pub async fn server_members(&self) -> Result<Vec<ConsulMember>, HashiError> {
+        self.http
+            .get_json("/v1/agent/members?filter=Tags%5B%22role%22%5D%20%3D%3D%20%22consul%22")
+            .await
+    }
+
     /// Leaves the cluster gracefully and shuts the agent down
     /// (`agent:write`): a server leaves Raft first (the leader steps down
     /// when it is the one leaving), and the node ends up `left`, not
