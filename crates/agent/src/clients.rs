@@ -40,8 +40,8 @@ fn client_tls(enabled: bool, files: &TlsFiles) -> Result<Option<ClientTls>, Boot
 }
 
 /// Nomad's API on another node (`ip`, the local API's port and scheme): a
-/// server that is leaving asks one that stays to prune it from the gossip
-/// pool once its own Nomad has stopped.
+/// server that is leaving asks one that stays to mark it `left` in the
+/// gossip pool once its own Nomad has stopped.
 pub fn nomad_at(settings: &Settings, ip: &str, token: Option<Token>) -> Result<Nomad, BootError> {
     let addr = settings.nomad.http_addr.trim_end_matches('/');
     let (scheme, rest) = addr.split_once("://").unwrap_or(("http", addr));

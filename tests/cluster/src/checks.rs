@@ -84,7 +84,49 @@ pub async fn cluster(api: &Api, nodes: &[Node<'_>], tokens: &Tokens) -> Vec<Chec
             nomad_clients(api, &nomad_servers, &clients, tokens).await,
         ),
         check("nomad-acl", nomad_acl(api, &nomad_servers).await),
+        check(
+            "nomad-client-servers",
+            nomad_client_servers(api, &nomad_servers, &clients, tokens).await,
+        ),
     ]
+}
+
+/// Every client's Nomad knows only running servers. Its list is the one
+/// the servers hand it at each heartbeat: a server gone from it (pruned
+/// from gossip before it was seen dead) is tried by the client first,
+/// and every call through it waits out a connection error.
+async fn nomad_client_servers(
+    api: &Api,
+    servers: &[&Node<'_>],
+    clients: &[&Node<'_>],
+    tokens: &Tokens,
+) -> Result<String> {
+    let running: BTreeSet<String> = servers
+        .iter()
+        .map(|s| format!("{}:4647", s.vm.address))
+        .collect();
+    let mut problems = Vec::new();
+    for c in clients {
+        let url = nomad_url(&c.vm.address, "/v1/agent/servers");
+        let known = api.get_ok(&url, tokens.nomad_header()).await?;
+        let known: BTreeSet<String> = known
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        let gone: Vec<&String> = known.difference(&running).collect();
+        if known.is_empty() || !gone.is_empty() {
+            problems.push(format!("{} knows {known:?} (gone: {gone:?})", c.vm.name));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(format!(
+        "{} clients know only the running Nomad servers",
+        clients.len()
+    ))
 }
 
 fn first<'a>(servers: &'a [&'a Node<'a>], what: &str) -> Result<&'a str> {

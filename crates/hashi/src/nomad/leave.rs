@@ -128,13 +128,20 @@ impl Nomad {
         Ok(())
     }
 
-    /// Marks a gone server `left` in the gossip pool and prunes it
-    /// (`agent:write`), so it does not stay a failed member for days.
+    /// Marks a server that is going away `left` in the gossip pool
+    /// (`agent:write`), so that it does not stay a failed member for days.
+    /// Not pruned: a prune erases a member that is still alive (its Nomad
+    /// just stopped, not yet seen dead) with only a reap event, on which
+    /// Nomad's servers keep it among the servers they hand their clients
+    /// at every heartbeat; clients then try it first and wait out its
+    /// connection errors. Without a prune the member turns `left` once
+    /// gossip sees it gone, with the leave event that drops it from that
+    /// list, and Nomad reaps it a day later.
     pub async fn force_leave(&self, member: &str) -> Result<(), HashiError> {
         self.http
             .send(
                 Method::PUT,
-                &format!("/v1/agent/force-leave?node={member}&prune=true"),
+                &format!("/v1/agent/force-leave?node={member}"),
                 None,
                 DEFAULT_TIMEOUT,
             )

@@ -321,7 +321,9 @@ async fn nomad_server_leave(ctx: &Context, manager: &Systemctl, me: &str) -> Res
         .stop(unit_of(&ctx.settings, Service::Nomad))
         .await
         .map_err(|e| e.to_string())?;
-    // Left, not failed: a server that stays prunes this one from gossip.
+    // Left, not failed: a server that stays marks this one as leaving, and
+    // gossip makes it `left` once it sees it gone (not pruned: see
+    // `Nomad::force_leave`).
     let name = mine.map_or_else(|| me.to_owned(), |m| m.node);
     for addr in others {
         let Ok(other) = clients::nomad_at(&ctx.settings, &addr, Some(management.clone())) else {
@@ -329,10 +331,12 @@ async fn nomad_server_leave(ctx: &Context, manager: &Systemctl, me: &str) -> Res
         };
         match other.force_leave(&name).await {
             Ok(()) => return Ok(()),
-            Err(e) => log::warn!("lifecycle: pruning {name} through {addr}: {e}"),
+            Err(e) => log::warn!("lifecycle: marking {name} left through {addr}: {e}"),
         }
     }
-    log::warn!("lifecycle: no Nomad server pruned {name}; it shows as failed until Nomad reaps it");
+    log::warn!(
+        "lifecycle: no Nomad server marked {name} left; it shows as failed until Nomad reaps it"
+    );
     Ok(())
 }
 
