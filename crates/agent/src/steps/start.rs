@@ -1,5 +1,7 @@
-//! Step 6's vocabulary: which unit runs each service, and whether Nomad's
-//! link to Consul works (its own registration).
+//! Step 6's vocabulary: which unit runs each service, whether Nomad's
+//! link to Consul works (its own registration), and whether Nomad's
+//! servers know this client node (by the id Nomad keeps on disk; the
+//! re-registration check and the drain ask it).
 
 use kraken_hashi::{Consul, HashiError, HealthCheck};
 use kraken_intent::{NodeSpec, Role};
