@@ -148,6 +148,8 @@ fn harness_paths(deps: &Deps, root: &Path, image: &Path, bin: &Path) -> Vec<std:
         path(&bin.join("kraken-web")),
         "--moto-server".into(),
         path(&deps.moto_server),
+        "--registry-bin".into(),
+        path(&deps.registry),
         "--web-job".into(),
         path(&workspace_root().join("jobs/web.nomad.hcl")),
     ]

@@ -1,7 +1,7 @@
-//! The real test peers: Consul and Nomad built from their published Go
-//! modules (through the wrapper modules in `crates/xtask/peers`), moto
-//! installed from PyPI in a virtualenv, all in the cache outside the
-//! repository. `cargo xtask deps` is this module.
+//! The real test peers: Consul, Nomad and a container registry built from
+//! their published Go modules (through the wrapper modules in
+//! `crates/xtask/peers`), moto installed from PyPI in a virtualenv, all in
+//! the cache outside the repository. `cargo xtask deps` is this module.
 
 mod go;
 mod moto;
@@ -17,6 +17,8 @@ use crate::process::{fmt_duration, step};
 pub struct Deps {
     pub consul: PathBuf,
     pub nomad: PathBuf,
+    /// The VM cluster's container registry (`peers/registry`).
+    pub registry: PathBuf,
     pub moto_server: PathBuf,
 }
 
@@ -75,6 +77,7 @@ pub fn deps() -> Result<Deps> {
     Ok(Deps {
         consul: bins[0].clone(),
         nomad: bins[1].clone(),
+        registry: bins[2].clone(),
         moto_server,
     })
 }

@@ -35,6 +35,9 @@ pub struct Paths {
     pub web_bin: PathBuf,
     #[arg(long)]
     pub moto_server: PathBuf,
+    /// The container registry (`crates/xtask/peers/registry`).
+    #[arg(long)]
+    pub registry_bin: PathBuf,
     /// jobs/web.nomad.hcl
     #[arg(long)]
     pub web_job: PathBuf,

@@ -28,17 +28,7 @@ pub const DUALSTACK_EC2: &str = "ec2.us-east-1.api.aws";
 /// A test CA and a certificate for [`DUALSTACK_EC2`]: (CA PEM, cert PEM,
 /// key PEM).
 pub fn dualstack_certificate() -> Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "kraken cluster bench CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![DUALSTACK_EC2.to_owned()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), leaf.pem(), key.serialize_pem()))
+    crate::testca::ca_and_leaf("kraken cluster bench CA", DUALSTACK_EC2)
 }
 
 /// The caller's address, on either listener.

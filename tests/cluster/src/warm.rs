@@ -1,7 +1,9 @@
 //! `cluster warm add GROUP` and `cluster warm start NODE`: the group's warm
 //! pool. `add` launches an instance whose IMDS says `Warmed:Running` from
 //! its first moment: its agent prepares, completes the launching hook and
-//! must join nothing. `start` puts it in service as the group would (a
+//! must join nothing. A Nomad client's agent also pulls the image its
+//! `lifecycle.warm_images` names from a registry on the hub
+//! ([`crate::registry`]) before it completes the hook. `start` puts it in service as the group would (a
 //! launching hook, then `InService`) and times the agent's answer: from the
 //! state change to the node eligible in Nomad. The web service is requested
 //! through Consul the whole time.
@@ -15,6 +17,7 @@ use serde_json::Value;
 use crate::api::nomad_url;
 use crate::cluster::Cluster;
 use crate::lifecycle::{self, LAUNCHING, Report};
+use crate::registry::Registry;
 use crate::traffic::Traffic;
 
 const WARM: &str = "Warmed:Running";
@@ -27,7 +30,28 @@ pub async fn add(cluster: &mut Cluster, group: &str) -> Result<Report> {
     let tokens = cluster.tokens().await?;
     report.voters_before = crate::voters::voters(cluster, &tokens).await;
     let traffic = Traffic::start(cluster, tokens.clone(), 2);
-    let vm = cluster.launch_as(group, None, Some(WARM)).await?;
+    let pulls = cluster.group(group)?.is_nomad_client();
+    let registry = match pulls {
+        true => Some(
+            Registry::start(
+                &cluster.paths.registry_bin,
+                &cluster.paths.root.join("registry"),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let mut user_data = cluster.user_data.clone();
+    if let Some(registry) = &registry {
+        user_data.agent_toml = with_warm_image(&user_data.agent_toml, &registry.image)?;
+        user_data.extra_ca = Some(match user_data.extra_ca.take() {
+            Some(ca) => format!("{ca}{}", registry.ca_pem),
+            None => registry.ca_pem.clone(),
+        });
+    }
+    let vm = cluster
+        .launch_as(group, Some(&user_data), Some(WARM))
+        .await?;
     let (name, id) = (vm.name.clone(), vm.instance_id.clone());
     // Into the pool, the launching hook runs as for any launch.
     fake.begin(&lifecycle::asg_name(group), LAUNCHING, &id)
@@ -61,14 +85,77 @@ pub async fn add(cluster: &mut Cluster, group: &str) -> Result<Report> {
         ));
     }
     match vm.agent_status() {
-        Some(s) => report.left.push(serde_json::json!({ name.clone(): {
-            "phase": s.phase, "warm": s.steps.get("warm") } })),
+        Some(s) => {
+            if let Some(registry) = &registry {
+                check_pulled(vm, registry, s.steps.get("warm"), &mut report);
+            }
+            report.left.push(serde_json::json!({ name.clone(): {
+                "phase": s.phase, "warm": s.steps.get("warm") } }))
+        }
         None => report.failures.push(format!("{name}: no agent status")),
     }
     lifecycle::add_traffic(&mut report, traffic.finish().await);
     lifecycle::finish(cluster, &mut report, started).await?;
     fake.shutdown().await;
     Ok(report)
+}
+
+/// `agent_toml` with `lifecycle.warm_images = [image]`.
+fn with_warm_image(agent_toml: &str, image: &str) -> Result<String> {
+    if agent_toml.contains("[lifecycle]") || agent_toml.contains("warm_images") {
+        anyhow::bail!(
+            "the cluster's agent.toml already has a [lifecycle] table: \
+             update tests/cluster/src/warm.rs"
+        );
+    }
+    Ok(format!(
+        "{agent_toml}\n# The warm pool's image (cluster warm add).\n\
+         [lifecycle]\nwarm_images = [\"{image}\"]\n"
+    ))
+}
+
+/// The warm node pulled the registry's image, before it completed its
+/// hook, as its agent says, its Docker holds, and the registry served.
+fn check_pulled(
+    vm: &crate::vm::Vm,
+    registry: &Registry,
+    warm: Option<&Value>,
+    report: &mut Report,
+) {
+    let name = &vm.name;
+    let pulled = warm
+        .and_then(|w| w["pulled"].as_array().cloned())
+        .unwrap_or_default();
+    let ok = pulled
+        .iter()
+        .any(|p| p["image"] == registry.image.as_str() && p["error"].is_null());
+    if !ok {
+        report.failures.push(format!(
+            "{name}: its agent did not pull {} in the warm pool: {pulled:?}",
+            registry.image
+        ));
+    }
+    if let Err(e) = vm.exec(&[
+        "docker",
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        &registry.image,
+    ]) {
+        report.failures.push(format!(
+            "{name}: its Docker does not hold {}: {e:#}",
+            registry.image
+        ));
+    }
+    // The config and the one layer.
+    let served = registry.blobs_served();
+    if served < 2 {
+        report.failures.push(format!(
+            "{name}: the registry served {served} blobs of {}, not the 2 a pull reads",
+            registry.image
+        ));
+    }
 }
 
 /// `cluster warm start NODE`.

@@ -11,6 +11,7 @@ use crate::process::{capture, run_logged};
 
 const CONSUL_VERSION: &str = "1.22.5";
 const NOMAD_VERSION: &str = "1.11.1";
+const REGISTRY_VERSION: &str = "0.22.1";
 
 pub struct GoPeer {
     pub name: &'static str,
@@ -20,20 +21,33 @@ pub struct GoPeer {
     /// which its exec driver links, has no pure-Go build. Consul is pure Go,
     /// and a static binary is one less thing to break on another machine.
     cgo: bool,
+    /// What a build from an empty Go cache takes here, for the log.
+    cold_build: &'static str,
 }
 
-pub const GO_PEERS: [GoPeer; 2] = [
+pub const GO_PEERS: [GoPeer; 3] = [
     GoPeer {
         name: "consul",
         module: "github.com/hashicorp/consul",
         version: CONSUL_VERSION,
         cgo: false,
+        cold_build: "5 to 8 minutes",
     },
     GoPeer {
         name: "nomad",
         module: "github.com/hashicorp/nomad",
         version: NOMAD_VERSION,
         cgo: true,
+        cold_build: "5 to 8 minutes",
+    },
+    // The VM cluster's container registry (a warm pool's image pulls):
+    // go-containerregistry's registry behind TLS, see peers/registry/main.go.
+    GoPeer {
+        name: "registry",
+        module: "github.com/google/go-containerregistry",
+        version: REGISTRY_VERSION,
+        cgo: false,
+        cold_build: "under a minute",
     },
 ];
 
@@ -83,8 +97,8 @@ pub fn build(cache: &Path, go_version: &str, peer: &GoPeer) -> Result<PathBuf> {
     let build_log = logs.join(format!("{}-build.log", peer.name));
     let build = |dir: &Path| -> Result<()> {
         eprintln!(
-            "xtask: {}: go build (cold: 5 to 8 minutes on 2 cores)",
-            peer.name
+            "xtask: {}: go build (cold: {} on 2 cores)",
+            peer.name, peer.cold_build
         );
         run_logged(
             go_cmd(cache, peer, dir)
