@@ -10,11 +10,23 @@ use crate::peers::deps;
 use crate::process::{describe, fmt_duration, step};
 
 pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
-    let deps = deps()?;
+    // On a cold machine the peers' Go builds take a quarter of an hour:
+    // they run beside fmt, clippy and the tests' compilation, which need no
+    // peer, and fill the cores that a Rust build leaves idle (one large
+    // crate or a link at a time).
+    let peers = std::thread::spawn(deps);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = target_dir()?;
     let mut test_args = vec!["test", "--workspace"];
     test_args.extend(cargo_test_args.iter().map(String::as_str));
+    // `--no-run` before any `--`: the test binaries' arguments follow it.
+    let mut compile_args = vec!["test", "--workspace", "--no-run"];
+    compile_args.extend(
+        cargo_test_args
+            .iter()
+            .map(String::as_str)
+            .take_while(|a| *a != "--"),
+    );
     let checks: [(&str, Vec<&str>); 3] = [
         ("cargo fmt", vec!["fmt", "--all", "--", "--check"]),
         (
@@ -28,30 +40,19 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
                 "warnings",
             ],
         ),
-        ("cargo test", test_args),
+        ("cargo test --no-run", compile_args),
     ];
     let started = Instant::now();
     for (name, args) in checks {
-        eprintln!("xtask: [{name}] start");
-        let t = Instant::now();
-        let mut cmd = Command::new(&cargo);
-        cmd.args(&args)
-            .current_dir(workspace_root())
-            .env("CARGO_TARGET_DIR", &target);
-        for (var, path) in deps.vars() {
-            cmd.env(var, path);
+        if let Some(code) = cargo_step(&cargo, &target, name, &args, None)? {
+            return Ok(code);
         }
-        let status = cmd
-            .status()
-            .with_context(|| format!("cannot start {}", describe(&cmd)))?;
-        let took = fmt_duration(t.elapsed());
-        if !status.success() {
-            eprintln!("xtask: [{name}] FAILED ({took}): {status}");
-            eprintln!("xtask: command: {}", describe(&cmd));
-            let code = status.code().unwrap_or(1).clamp(1, 255);
-            return Ok(ExitCode::from(code as u8));
-        }
-        eprintln!("xtask: [{name}] ok ({took})");
+    }
+    let deps = peers
+        .join()
+        .map_err(|_| anyhow::anyhow!("the peers' build panicked"))??;
+    if let Some(code) = cargo_step(&cargo, &target, "cargo test", &test_args, Some(&deps))? {
+        return Ok(code);
     }
     let code = step("cluster test", || {
         cluster::run_with(&deps, &target, &["test".into()])
@@ -131,4 +132,36 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
         fmt_duration(started.elapsed())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `cargo ARGS` in the workspace with the peers' variables when
+/// given; `Some(code)` when it failed.
+fn cargo_step(
+    cargo: &std::ffi::OsStr,
+    target: &std::path::Path,
+    name: &str,
+    args: &[&str],
+    deps: Option<&crate::peers::Deps>,
+) -> Result<Option<ExitCode>> {
+    eprintln!("xtask: [{name}] start");
+    let t = Instant::now();
+    let mut cmd = Command::new(cargo);
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target);
+    for (var, path) in deps.iter().flat_map(|d| d.vars()) {
+        cmd.env(var, path);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+    let took = fmt_duration(t.elapsed());
+    if !status.success() {
+        eprintln!("xtask: [{name}] FAILED ({took}): {status}");
+        eprintln!("xtask: command: {}", describe(&cmd));
+        let code = status.code().unwrap_or(1).clamp(1, 255);
+        return Ok(Some(ExitCode::from(code as u8)));
+    }
+    eprintln!("xtask: [{name}] ok ({took})");
+    Ok(None)
 }
