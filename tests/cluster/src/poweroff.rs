@@ -103,7 +103,16 @@ pub async fn power_off(
             }
         ));
     }
-    let (consul, nomad) = leaders(cluster, &tokens).await;
+    // It may have led: the two left elect a new leader within an election
+    // timeout or two. With quorum lost none is ever elected.
+    let deadline = Instant::now() + ELECTION;
+    let (consul, nomad) = loop {
+        let (consul, nomad) = leaders(cluster, &tokens).await;
+        if (consul.is_ok() && nomad.is_ok()) || Instant::now() >= deadline {
+            break (consul, nomad);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     cluster.log(format!(
         "{name}: down; Consul leader {consul:?}, Nomad leader {nomad:?} among the {} left",
         servers - 1
@@ -146,6 +155,12 @@ async fn replace_server(
     // `finish` reports what is still wrong.
     Ok(())
 }
+
+/// How long the servers left get to agree on a leader after the one that
+/// went led: Consul's default `raft_multiplier` (5) makes its election
+/// timeout a random 5–10 s, Nomad's (1) 1–2 s, and a split vote costs a
+/// round more.
+const ELECTION: Duration = Duration::from_secs(30);
 
 /// Serf's status of the member once it is no longer alive: a member that
 /// left says so at once, one that went down is declared failed by gossip a
