@@ -83,10 +83,15 @@ pub fn run_with(deps: &Deps, target: &Path, args: &[String]) -> Result<ExitCode>
     // Only these boot VMs: `status`, `down`, `upgrade` and `exec` work with
     // what is running, even if the sources changed since.
     let boots = matches!(args[0].as_str(), "up" | "test" | "bench" | "soak");
-    let mut packages = vec!["kraken-cluster"];
-    if boots {
-        packages.extend(["kraken-agent", "kraken-fake-imds", "kraken-web"]);
-    }
+    // The same set for every verb: `-p kraken-cluster` alone unifies its
+    // dependencies' features differently and rebuilds them (27 s at each
+    // switch between a booting verb and another).
+    let packages = [
+        "kraken-cluster",
+        "kraken-agent",
+        "kraken-fake-imds",
+        "kraken-web",
+    ];
     step("build the cluster's binaries", || {
         let mut cmd = Command::new(&cargo);
         cmd.args(["build", "--quiet"])

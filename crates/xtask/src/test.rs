@@ -44,14 +44,24 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     ];
     let started = Instant::now();
     for (name, args) in checks {
-        if let Some(code) = cargo_step(&cargo, &target, name, &args, None)? {
+        if let Some(code) = cargo_step(&cargo, &target, name, &args, &[])? {
             return Ok(code);
         }
     }
     let deps = peers
         .join()
         .map_err(|_| anyhow::anyhow!("the peers' build panicked"))??;
-    if let Some(code) = cargo_step(&cargo, &target, "cargo test", &test_args, Some(&deps))? {
+    // The integration tests mostly wait (leases, certificate lifetimes,
+    // elections), so more of them at once than there are cores shortens
+    // the run: libtest's default is one per core.
+    let threads = std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| TEST_THREADS.to_owned());
+    let mut env: Vec<(&str, std::ffi::OsString)> = deps
+        .vars()
+        .iter()
+        .map(|(var, path)| (*var, path.as_os_str().to_owned()))
+        .collect();
+    env.push(("RUST_TEST_THREADS", threads.into()));
+    if let Some(code) = cargo_step(&cargo, &target, "cargo test", &test_args, &env)? {
         return Ok(code);
     }
     let code = step("cluster test", || {
@@ -134,14 +144,17 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `cargo ARGS` in the workspace with the peers' variables when
-/// given; `Some(code)` when it failed.
+/// Tests at once in each test binary, unless `RUST_TEST_THREADS` says.
+const TEST_THREADS: &str = "4";
+
+/// Runs `cargo ARGS` in the workspace with `env` added; `Some(code)` when
+/// it failed.
 fn cargo_step(
     cargo: &std::ffi::OsStr,
     target: &std::path::Path,
     name: &str,
     args: &[&str],
-    deps: Option<&crate::peers::Deps>,
+    env: &[(&str, std::ffi::OsString)],
 ) -> Result<Option<ExitCode>> {
     eprintln!("xtask: [{name}] start");
     let t = Instant::now();
@@ -149,8 +162,8 @@ fn cargo_step(
     cmd.args(args)
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", target);
-    for (var, path) in deps.iter().flat_map(|d| d.vars()) {
-        cmd.env(var, path);
+    for (var, value) in env {
+        cmd.env(var, value);
     }
     let status = cmd
         .status()
