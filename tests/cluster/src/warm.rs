@@ -1,9 +1,9 @@
 //! `cluster warm add GROUP` and `cluster warm start NODE`: the group's warm
 //! pool. `add` launches an instance whose IMDS says `Warmed:Running` from
 //! its first moment: its agent prepares, completes the launching hook and
-//! must join nothing. A Nomad client's agent also pulls the image its
+//! must join nothing. A client must also have pulled the image its
 //! `lifecycle.warm_images` names from a registry on the hub
-//! ([`crate::registry`]) before it completes the hook. `start` puts it in service as the group would (a
+//! ([`crate::registry`]). `start` puts it in service as the group would (a
 //! launching hook, then `InService`) and times the agent's answer: from the
 //! state change to the node eligible in Nomad. The web service is requested
 //! through Consul the whole time.
@@ -114,8 +114,8 @@ fn with_warm_image(agent_toml: &str, image: &str) -> Result<String> {
     ))
 }
 
-/// The warm node pulled the registry's image, before it completed its
-/// hook, as its agent says, its Docker holds, and the registry served.
+/// The warm node pulled the registry's image: its agent says so, its
+/// Docker holds it, and the registry served it.
 fn check_pulled(
     vm: &crate::vm::Vm,
     registry: &Registry,
