@@ -21,7 +21,8 @@ pub struct GoPeer {
     /// which its exec driver links, has no pure-Go build. Consul is pure Go,
     /// and a static binary is one less thing to break on another machine.
     cgo: bool,
-    /// What a build from an empty Go cache takes here, for the log.
+    /// What a build from an empty Go cache took in a cold `.ci/run`
+    /// (2 cores, shared with cargo), for the log.
     cold_build: &'static str,
 }
 
@@ -31,14 +32,14 @@ pub const GO_PEERS: [GoPeer; 3] = [
         module: "github.com/hashicorp/consul",
         version: CONSUL_VERSION,
         cgo: false,
-        cold_build: "5 to 8 minutes",
+        cold_build: "about 10 minutes beside the Rust build",
     },
     GoPeer {
         name: "nomad",
         module: "github.com/hashicorp/nomad",
         version: NOMAD_VERSION,
         cgo: true,
-        cold_build: "5 to 8 minutes",
+        cold_build: "about 8 minutes beside the Rust build",
     },
     // The VM cluster's container registry (a warm pool's image pulls):
     // go-containerregistry's registry behind TLS, see peers/registry/main.go.
@@ -97,7 +98,7 @@ pub fn build(cache: &Path, go_version: &str, peer: &GoPeer) -> Result<PathBuf> {
     let build_log = logs.join(format!("{}-build.log", peer.name));
     let build = |dir: &Path| -> Result<()> {
         eprintln!(
-            "xtask: {}: go build (cold: {} on 2 cores)",
+            "xtask: {}: go build (cold: {})",
             peer.name, peer.cold_build
         );
         run_logged(
