@@ -97,10 +97,7 @@ pub fn build(cache: &Path, go_version: &str, peer: &GoPeer) -> Result<PathBuf> {
     let tmp = cache.join("bin").join(format!(".{file_name}.tmp"));
     let build_log = logs.join(format!("{}-build.log", peer.name));
     let build = |dir: &Path| -> Result<()> {
-        eprintln!(
-            "xtask: {}: go build (cold: {})",
-            peer.name, peer.cold_build
-        );
+        eprintln!("xtask: {}: go build (cold: {})", peer.name, peer.cold_build);
         run_logged(
             go_cmd(cache, peer, dir)
                 .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
