@@ -322,6 +322,10 @@ pub fn sweep(root: &Path, vms_dir: &Path) {
             wait_gone(pid, Duration::from_secs(2));
         }
     }
+    for vm in fs::read_dir(vms_dir).into_iter().flatten().flatten() {
+        crate::cgroups::release(&vm.path());
+    }
+    crate::cgroups::sweep();
     unmount_below(vms_dir);
     for ns in our_netns() {
         netns_delete(&ns);

@@ -10,6 +10,7 @@
 mod api;
 mod bench;
 mod certs;
+mod cgroups;
 mod checks;
 mod cloud;
 mod cluster;

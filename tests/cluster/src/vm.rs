@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::host;
+use crate::{cgroups, host};
 
 /// Where the web service's binary appears inside every VM (read-only), which
 /// is the job's default `web_binary`.
@@ -119,46 +119,70 @@ impl Launch<'_> {
         write_user_data(&root, &self.name, self.user_data)?;
 
         let bind_web = format!("--bind-ro={}:{WEB_BINARY_IN_VM}", self.web_bin.display());
+        // The VM's own cgroups (Nomad's exec driver needs controllers):
+        // delegated subtrees on a cgroup v1 host (crate::cgroups), else
+        // the cgroup2 tree nspawn gives it.
+        let (cgroup_env, bind_cgroups, procs) = match cgroups::delegate(&self.name, &dir)? {
+            Some(d) => (
+                // nspawn's own choice: a hybrid host makes a hybrid VM.
+                None,
+                Some(format!("--bind={}:/sys/fs/cgroup", d.tree.display())),
+                d.procs
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            None => (
+                Some("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1"),
+                None,
+                String::new(),
+            ),
+        };
+        let netns_arg = format!("--network-namespace-path=/run/netns/{netns}");
+        let machine_arg = format!("--machine={}", self.name);
+        let mut args: Vec<&str> = vec![
+            // nspawn enters the VM's cgroups before it starts, so that the
+            // VM's cgroup namespace is rooted at them.
+            "-c",
+            r#"for f in $1; do echo $$ > "$f" || exit 1; done; shift; exec "$@""#,
+            "sh",
+            &procs,
+            "env",
+        ];
+        args.extend(cgroup_env);
+        args.extend_from_slice(&[
+            // The VM's own network namespace is its to configure, as an
+            // EC2 instance's is: Docker makes its bridge and NAT rules
+            // and turns on IP forwarding there. nspawn grants that
+            // (CAP_NET_ADMIN, a writable /proc/sys/net) only with
+            // networking options of its own, not with a namespace path.
+            "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network",
+            "systemd-nspawn",
+            // No host systemd here: no machined registration, no scope.
+            "--register=no",
+            "--keep-unit",
+            &netns_arg,
+            // runc gives each container a session keyring and, on
+            // cgroup v2, a BPF device filter: nspawn's default filter
+            // and bounding set refuse both, and Docker would start no
+            // container.
+            "--capability=CAP_NET_ADMIN,CAP_BPF",
+            "--system-call-filter=@keyring bpf",
+            // Docker's data root is a disk of the VM's own, as the root
+            // volume is on EC2: doctor's disk check then reads the VM's
+            // use, not the build machine's, and Docker gets overlay2
+            // (it cannot stack on the image's overlayfs).
+            "--tmpfs=/var/lib/docker:mode=0710,size=1g",
+            &machine_arg,
+            "--console=passive",
+            &bind_web,
+        ]);
+        args.extend(bind_cgroups.as_deref());
+        let root_arg = root.to_string_lossy();
+        args.extend_from_slice(&["-b", "-D", &root_arg]);
         let started_at = now();
-        let nspawn_pid = host::spawn_daemon(
-            Path::new("env"),
-            &[
-                // The VM gets a cgroup2 tree of its own (no controllers on
-                // this host, whose cgroup v1 controllers nspawn mounts
-                // read-only): Nomad then runs its tasks without cgroups
-                // instead of failing to create /sys/fs/cgroup/memory/nomad.
-                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1",
-                // The VM's own network namespace is its to configure, as an
-                // EC2 instance's is: Docker makes its bridge and NAT rules
-                // and turns on IP forwarding there. nspawn grants that
-                // (CAP_NET_ADMIN, a writable /proc/sys/net) only with
-                // networking options of its own, not with a namespace path.
-                "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network",
-                "systemd-nspawn",
-                // No host systemd here: no machined registration, no scope.
-                "--register=no",
-                "--keep-unit",
-                &format!("--network-namespace-path=/run/netns/{netns}"),
-                // runc gives each container a session keyring and, on
-                // cgroup v2, a BPF device filter: nspawn's default filter
-                // and bounding set refuse both, and Docker would start no
-                // container.
-                "--capability=CAP_NET_ADMIN,CAP_BPF",
-                "--system-call-filter=@keyring bpf",
-                // Docker's data root is a disk of the VM's own, as the root
-                // volume is on EC2: doctor's disk check then reads the VM's
-                // use, not the build machine's, and Docker gets overlay2
-                // (it cannot stack on the image's overlayfs).
-                "--tmpfs=/var/lib/docker:mode=0710,size=1g",
-                &format!("--machine={}", self.name),
-                "--console=passive",
-                &bind_web,
-                "-b",
-                "-D",
-                &root.to_string_lossy(),
-            ],
-            &dir.join("console.log"),
-        )?;
+        let nspawn_pid = host::spawn_daemon(Path::new("sh"), &args, &dir.join("console.log"))?;
         Ok(Vm {
             name: self.name,
             group: self.group,
@@ -513,6 +537,7 @@ impl Vm {
         host::signal(self.imds_pid, Signal::SIGTERM);
         host::wait_gone(self.imds_pid, Duration::from_secs(5));
         host::unmount_below(&self.dir.join("root"));
+        cgroups::release(&self.dir);
         host::vm_net_down(&self.name);
         self.gone = true;
     }
