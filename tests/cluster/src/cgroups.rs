@@ -1,4 +1,5 @@
-//! Each VM's own cgroups, on a host whose controllers are bound to cgroup v1.
+//! A Nomad client VM's own cgroups, on a host whose controllers are bound
+//! to cgroup v1.
 //!
 //! An EC2 instance owns its controllers; Nomad's `exec` driver needs them
 //! (cpuset, cpu, memory, pids) and reports itself unhealthy without. nspawn
@@ -6,8 +7,8 @@
 //! (they are the host's), and its unified mode gives a cgroup2 tree with no
 //! controllers in it (every one is bound to v1 on this host).
 //!
-//! So the harness delegates to each VM a subtree of every hierarchy, as a
-//! host delegates one to a container manager: `kraken-cluster/<vm>` below
+//! So the harness delegates to each client a subtree of every hierarchy, as
+//! a host delegates one to a container manager: `kraken-cluster/<vm>` below
 //! the harness's own cgroup in each. The subtrees are bind-mounted under one
 //! tmpfs that nspawn binds as the VM's `/sys/fs/cgroup` (nspawn leaves a
 //! hierarchy it finds mounted alone), and nspawn starts inside them, so the

@@ -286,6 +286,7 @@ impl Cluster {
             web_bin: &self.paths.web_bin,
             user_data: &user_data,
             target_state,
+            runs_tasks: group.is_nomad_client(),
         }
         .boot()
         .with_context(|| format!("booting VM {name}"))?;

@@ -75,6 +75,11 @@ pub struct Launch<'a> {
     /// `autoscaling/target-lifecycle-state` from the first moment (a
     /// warm-pool launch); none: the VM is in no lifecycle transition.
     pub target_state: Option<&'a str>,
+    /// A Nomad client: it gets cgroup controllers of its own for its
+    /// tasks (crate::cgroups). Other VMs keep the cgroup2 tree nspawn
+    /// gives them, the layout of every current AMI, so that each cluster
+    /// boots the IMDS guard on both layouts.
+    pub runs_tasks: bool,
 }
 
 impl Launch<'_> {
@@ -119,10 +124,15 @@ impl Launch<'_> {
         write_user_data(&root, &self.name, self.user_data)?;
 
         let bind_web = format!("--bind-ro={}:{WEB_BINARY_IN_VM}", self.web_bin.display());
-        // The VM's own cgroups (Nomad's exec driver needs controllers):
-        // delegated subtrees on a cgroup v1 host (crate::cgroups), else
-        // the cgroup2 tree nspawn gives it.
-        let (cgroup_env, bind_cgroups, procs) = match cgroups::delegate(&self.name, &dir)? {
+        // A Nomad client's own cgroups (Nomad's exec driver needs
+        // controllers): delegated subtrees on a cgroup v1 host
+        // (crate::cgroups); else the cgroup2 tree nspawn gives a VM.
+        let delegation = if self.runs_tasks {
+            cgroups::delegate(&self.name, &dir)?
+        } else {
+            None
+        };
+        let (cgroup_env, bind_cgroups, procs) = match delegation {
             Some(d) => (
                 // nspawn's own choice: a hybrid host makes a hybrid VM.
                 None,
