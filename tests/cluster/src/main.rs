@@ -33,6 +33,7 @@ mod testca;
 mod topology;
 mod traffic;
 mod upgrade;
+mod userdata;
 mod vm;
 mod voters;
 mod warm;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,28 +10,12 @@ use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+pub use crate::userdata::UserData;
 use crate::{cgroups, host};
 
 /// Where the web service's binary appears inside every VM (read-only), which
 /// is the job's default `web_binary`.
 pub const WEB_BINARY_IN_VM: &str = "/opt/kraken/bin/kraken-web";
-
-/// What the harness writes into a VM before it boots, as cloud-init would
-/// from user-data on AWS.
-#[derive(Debug, Clone, Default)]
-pub struct UserData {
-    /// /etc/kraken/agent.env: NAME=value lines.
-    pub env: BTreeMap<String, String>,
-    /// /etc/kraken/agent.toml
-    pub agent_toml: String,
-    /// Extra /etc/hosts lines: (address, name).
-    pub hosts: Vec<(String, String)>,
-    /// A CA certificate (PEM) added to the system's trusted roots.
-    pub extra_ca: Option<String>,
-    /// /etc/consul.d/consul.env and /etc/nomad.d/nomad.env (the units'
-    /// optional environment files): NAME=value lines, for both.
-    pub service_env: BTreeMap<String, String>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vm {
@@ -121,7 +104,7 @@ impl Launch<'_> {
         let imds_pid = spawn_imds(&self.name, &dir, self.imds_bin)?;
 
         host::overlay_mount(self.image, &upper, &work, &root)?;
-        write_user_data(&root, &self.name, self.user_data)?;
+        self.user_data.write(&root, &self.name)?;
 
         let bind_web = format!("--bind-ro={}:{WEB_BINARY_IN_VM}", self.web_bin.display());
         // A Nomad client's own cgroups (Nomad's exec driver needs
@@ -234,56 +217,6 @@ fn spawn_imds(name: &str, dir: &Path, imds_bin: &Path) -> Result<u32> {
     )
 }
 
-fn write_user_data(root: &Path, name: &str, user_data: &UserData) -> Result<()> {
-    let etc_kraken = root.join("etc/kraken");
-    fs::create_dir_all(&etc_kraken)?;
-    let env: String = user_data
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
-    fs::write(etc_kraken.join("agent.env"), env)?;
-    fs::set_permissions(
-        etc_kraken.join("agent.env"),
-        fs::Permissions::from_mode(0o600),
-    )?;
-    fs::write(etc_kraken.join("agent.toml"), &user_data.agent_toml)?;
-    fs::write(root.join("etc/hostname"), format!("{name}\n"))?;
-    // The image has an empty machine-id (90-cleanup.sh), as an AMI does;
-    // systemd would make a transient one. A fixed one per VM gives it a
-    // persistent journal the harness can read after the VM is gone.
-    fs::write(
-        root.join("etc/machine-id"),
-        format!("{:032x}\n", fastrand::u128(1..)),
-    )?;
-    fs::create_dir_all(root.join("var/log/journal"))?;
-    append(
-        &root.join("etc/hosts"),
-        user_data
-            .hosts
-            .iter()
-            .map(|(a, n)| format!("{a} {n}\n"))
-            .collect::<String>(),
-    )?;
-    if !user_data.service_env.is_empty() {
-        let env: String = user_data
-            .service_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect();
-        for (dir, file) in [("etc/consul.d", "consul.env"), ("etc/nomad.d", "nomad.env")] {
-            fs::create_dir_all(root.join(dir))?;
-            fs::write(root.join(dir).join(file), &env)?;
-            fs::set_permissions(root.join(dir).join(file), fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    if let Some(ca) = &user_data.extra_ca {
-        // Debian's bundle, which Go and OpenSSL read.
-        append(&root.join("etc/ssl/certs/ca-certificates.crt"), ca.clone())?;
-    }
-    Ok(())
-}
-
 /// A journal entry's message: a string, or the bytes journald exports for
 /// one that is not printable text (colour codes, say).
 fn message(value: &serde_json::Value) -> Option<String> {
@@ -298,18 +231,6 @@ fn message(value: &serde_json::Value) -> Option<String> {
         }
         _ => None,
     }
-}
-
-fn append(path: &Path, text: String) -> Result<()> {
-    if text.is_empty() {
-        return Ok(());
-    }
-    let mut all = fs::read_to_string(path).unwrap_or_default();
-    if !all.is_empty() && !all.ends_with('\n') {
-        all.push('\n');
-    }
-    all.push_str(&text);
-    fs::write(path, all).with_context(|| format!("writing {}", path.display()))
 }
 
 impl Vm {
