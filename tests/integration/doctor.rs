@@ -187,6 +187,22 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     // Consul certificate file replaced by another of the cluster's.
     let agent = nix::unistd::Pid::from_raw(node.child.id().unwrap() as i32);
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The certificate files changed above: the agent may have restarted
+    // Consul just before it was frozen (the shim finishes the restart).
+    // Consul must be back on its ports, or doctor finds it not answering
+    // instead of serving the old certificate.
+    for service in [8501, 8503, 8300] {
+        let address = std::net::SocketAddr::from((node.ip, service));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Consul is not listening on {address}\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let (cert, key) = (tls.join("consul.pem"), tls.join("consul-key.pem"));
     let (cert0, key0) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
     let nomad_tls = node.dir.path().join("nomad.d/tls");
