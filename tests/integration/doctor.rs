@@ -187,8 +187,9 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     // Consul certificate file replaced by another of the cluster's.
     let agent = nix::unistd::Pid::from_raw(node.child.id().unwrap() as i32);
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    // The certificate files changed above: the agent may have restarted
-    // Consul just before it was frozen (the shim finishes the restart).
+    // consul.d changed above (a hand edit, certificates): the agent may
+    // have restarted Consul just before it was frozen (the shim finishes
+    // the restart).
     // Consul must be back on its ports, or doctor finds it not answering
     // instead of serving the old certificate.
     for service in [8501, 8503, 8300] {
