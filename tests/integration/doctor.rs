@@ -189,9 +189,8 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // consul.d changed above (a hand edit, certificates): the agent may
     // have restarted Consul just before it was frozen (the shim finishes
-    // the restart).
-    // Consul must be back on its ports, or doctor finds it not answering
-    // instead of serving the old certificate.
+    // the restart). Consul must be back on its ports, or doctor finds it
+    // not answering instead of serving the old certificate.
     for service in [8501, 8503, 8300] {
         let address = std::net::SocketAddr::from((node.ip, service));
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -46,6 +46,15 @@ struct Hierarchy {
     cpuset: bool,
 }
 
+impl Hierarchy {
+    /// Where the harness makes its VMs' cgroups in this hierarchy.
+    fn parent(&self) -> PathBuf {
+        self.mount
+            .join(self.own.trim_start_matches('/'))
+            .join(PARENT)
+    }
+}
+
 /// A VM's delegation: the tree to bind as its `/sys/fs/cgroup`, and the
 /// `cgroup.procs` files nspawn must be written into before it starts.
 pub struct Delegation {
@@ -54,8 +63,10 @@ pub struct Delegation {
 }
 
 /// True when `/sys/fs/cgroup` is cgroup2 (no delegation needed).
-pub fn host_is_unified() -> bool {
-    mounts().any(|(mount, fstype, _)| mount == "/sys/fs/cgroup" && fstype == "cgroup2")
+fn host_is_unified() -> bool {
+    mounts()
+        .into_iter()
+        .any(|(mount, fstype, _)| mount == "/sys/fs/cgroup" && fstype == "cgroup2")
 }
 
 /// Makes VM `name`'s cgroups and the tree that shows them; none on a
@@ -84,7 +95,7 @@ pub fn delegate(name: &str, dir: &Path) -> Result<Option<Delegation>> {
     let mut made = Vec::new();
     let mut procs = Vec::new();
     for h in hierarchies()? {
-        let parent = h.mount.join(h.own.trim_start_matches('/')).join(PARENT);
+        let parent = h.parent();
         let cgroup = parent.join(name);
         fs::create_dir_all(&cgroup)
             .with_context(|| format!("cannot create cgroup {}", cgroup.display()))?;
@@ -108,8 +119,10 @@ pub fn delegate(name: &str, dir: &Path) -> Result<Option<Delegation>> {
         }
         procs.push(cgroup.join("cgroup.procs"));
         made.push(path(&cgroup));
+        // Recorded as made, so that a failure further on leaves none
+        // that `release` does not know of.
+        fs::write(dir.join(RECORD), made.join("\n") + "\n")?;
     }
-    fs::write(dir.join(RECORD), made.join("\n") + "\n")?;
     Ok(Some(Delegation { tree, procs }))
 }
 
@@ -128,7 +141,7 @@ pub fn release(dir: &Path) {
 /// After every VM is released: the harness's parent cgroups, if empty.
 pub fn sweep() {
     for h in hierarchies().unwrap_or_default() {
-        let _ = fs::remove_dir(h.mount.join(h.own.trim_start_matches('/')).join(PARENT));
+        let _ = fs::remove_dir(h.parent());
     }
 }
 
@@ -210,7 +223,7 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
 }
 
 /// `/proc/self/mountinfo` as (mount point, file system type, super options).
-fn mounts() -> impl Iterator<Item = (String, String, String)> {
+fn mounts() -> Vec<(String, String, String)> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
@@ -221,8 +234,7 @@ fn mounts() -> impl Iterator<Item = (String, String, String)> {
             let _source = after.next()?;
             Some((mount, fstype, after.next()?.to_owned()))
         })
-        .collect::<Vec<_>>()
-        .into_iter()
+        .collect()
 }
 
 fn path(p: &Path) -> String {
