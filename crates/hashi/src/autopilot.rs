@@ -3,6 +3,18 @@
 
 use serde::Deserialize;
 
+use crate::HashiError;
+use crate::http::Http;
+
+/// Consul and Nomad both answer 429, with the same document, while any
+/// server is unhealthy, which is exactly when callers need it: a
+/// replacement server is a healthy voter long before autopilot prunes the
+/// dead server it replaces.
+pub(crate) async fn fetch(http: &Http) -> Result<AutopilotHealth, HashiError> {
+    http.get_json_also("/v1/operator/autopilot/health", 429)
+        .await
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AutopilotHealth {
     #[serde(rename = "Healthy")]

@@ -243,6 +243,21 @@ impl Http {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), HashiError> {
+        self.send_also(method, path_and_query, body, timeout, None)
+            .await
+    }
+
+    /// As [`Http::send`], but an answer with status `also` is returned
+    /// whole too: some endpoints send their full document with a non-2xx
+    /// status that only says what the document says.
+    async fn send_also(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        also: Option<u16>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), HashiError> {
         let url = format!("{}{}", self.base, path_and_query);
         let mut req = self.client.request(method.clone(), &url).timeout(timeout);
         if let Some(token) = &self.token {
@@ -263,7 +278,7 @@ impl Http {
             url: url.clone(),
             detail: error_chain(&e),
         })?;
-        if !status.is_success() {
+        if !status.is_success() && also != Some(status.as_u16()) {
             let mut body = String::from_utf8_lossy(&bytes).trim().to_owned();
             body.truncate(300);
             return Err(HashiError::Status {
@@ -279,6 +294,20 @@ impl Http {
 
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, HashiError> {
         let (_, _, body) = self.send(Method::GET, path, None, DEFAULT_TIMEOUT).await?;
+        self.decode(path, &body)
+    }
+
+    /// GETs a JSON document the service sends with status `also` as well
+    /// as with 200 (autopilot's health is 429 while a server is unhealthy,
+    /// a Nomad agent's health 500 while the agent is).
+    pub(crate) async fn get_json_also<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        also: u16,
+    ) -> Result<T, HashiError> {
+        let (_, _, body) = self
+            .send_also(Method::GET, path, None, DEFAULT_TIMEOUT, Some(also))
+            .await?;
         self.decode(path, &body)
     }
 

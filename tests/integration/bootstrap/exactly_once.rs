@@ -205,6 +205,29 @@ async fn a_consul_leader_change_mid_bootstrap_is_ridden_out() {
     )
     .unwrap();
     assert_eq!(state.done.len(), Step::ALL.len());
+    // With a server dead, autopilot answers 429 with its whole view; a
+    // replacement waits on that view, so it must read as one, not fail.
+    let dead = format!("{}:8300", c.consul_ips[leader_index]);
+    let seen = kraken_testkit::wait_for(
+        "autopilot to report the dead server",
+        Duration::from_secs(60),
+        || async {
+            match survivor.autopilot_health().await {
+                Ok(h) if h.servers.iter().any(|s| s.address == dead && !s.healthy) => Some(Ok(h)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .expect("autopilot's view of an unhealthy cluster");
+    assert!(!seen.healthy && seen.failure_tolerance == 0, "{seen:?}");
+    let live: Vec<_> = seen.servers.iter().filter(|s| s.address != dead).collect();
+    assert!(
+        live.len() == 2 && live.iter().all(|s| s.voter && s.healthy),
+        "{seen:?}"
+    );
     c.consul_ips.remove(leader_index);
     c.consul_peers.remove(leader_index);
     assert_eq!(c.census().await, EVERYTHING_ONCE);

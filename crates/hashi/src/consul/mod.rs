@@ -186,9 +186,9 @@ impl Consul {
         Ok(())
     }
 
-    /// Autopilot's view of the servers (`operator:read`).
+    /// Autopilot's view of the servers (`operator:read`), healthy or not.
     pub async fn autopilot_health(&self) -> Result<AutopilotHealth, HashiError> {
-        self.http.get_json("/v1/operator/autopilot/health").await
+        crate::autopilot::fetch(&self.http).await
     }
 
     /// The health checks registered on `node` (`node:read`, `service:read`).

@@ -178,9 +178,9 @@ impl Nomad {
         Ok(())
     }
 
-    /// Autopilot's view of the servers (`operator:read`).
+    /// Autopilot's view of the servers (`operator:read`), healthy or not.
     pub async fn autopilot_health(&self) -> Result<AutopilotHealth, HashiError> {
-        self.http.get_json("/v1/operator/autopilot/health").await
+        crate::autopilot::fetch(&self.http).await
     }
 }
 
@@ -188,17 +188,7 @@ impl Nomad {
     /// `/v1/agent/health`: whether this agent's server and/or client half
     /// is healthy, as the agent itself judges. Needs no token.
     pub async fn agent_health(&self) -> Result<serde_json::Value, HashiError> {
-        match self.http.get_json("/v1/agent/health").await {
-            Ok(v) => Ok(v),
-            // An unhealthy agent answers 500 with the same document.
-            Err(HashiError::Status {
-                status: 500, body, ..
-            }) => serde_json::from_str(&body).map_err(|e| HashiError::Decode {
-                service: "Nomad",
-                url: "/v1/agent/health".into(),
-                detail: e.to_string(),
-            }),
-            Err(e) => Err(e),
-        }
+        // An unhealthy agent answers 500 with the same document.
+        self.http.get_json_also("/v1/agent/health", 500).await
     }
 }
