@@ -191,17 +191,15 @@ async fn doctor_reports_a_healthy_node_then_names_each_injected_fault() {
     // have restarted Consul just before it was frozen (the shim finishes
     // the restart). Consul must be back on its ports, or doctor finds it
     // not answering instead of serving the old certificate.
-    for service in [8501, 8503, 8300] {
-        let address = std::net::SocketAddr::from((node.ip, service));
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Consul is not listening on {address}\n{}",
-                node.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    for port in [8501, 8503, 8300] {
+        let address = std::net::SocketAddr::from((node.ip, port));
+        kraken_testkit::wait_until(
+            &format!("Consul to listen on {address}"),
+            Duration::from_secs(60),
+            || async { tokio::net::TcpStream::connect(address).await.is_ok() },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
     }
     let (cert, key) = (tls.join("consul.pem"), tls.join("consul-key.pem"));
     let (cert0, key0) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
